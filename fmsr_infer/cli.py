@@ -75,13 +75,13 @@ def main(input_path, model_path, output_dir, steps, sampler, seed, temperature, 
     logging.basicConfig(
         level=logging.ERROR if quiet else logging.INFO, format="%(levelname)s %(message)s"
     )
-    from fmsr_infer.backend_ort import OrtBackend
+    from fmsr_infer.backends import create_backend
     from fmsr_infer.pipeline import SampleSettings, Upscaler
 
     model_path = model_path or DEFAULT_MODEL
     try:
         info = load_info(model_path)
-        backend = OrtBackend(model_path, info, threads=threads)
+        backend = create_backend("auto", model_path, info, threads=threads)
     except ModelError as exc:
         click.echo(f"fmsr-infer: error: {exc}", err=True)
         sys.exit(2)
