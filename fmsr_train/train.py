@@ -363,12 +363,12 @@ class Trainer:
                 self.nonfinite_run += 1
                 log.warning(
                     "step %d: non-finite loss %s, update skipped (%d in a row, limit %d)",
-                    self.step, loss.item(), self.nonfinite_run, tc.max_nonfinite,
+                    self.step + 1, loss.item(), self.nonfinite_run, tc.max_nonfinite,
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.nonfinite_run >= tc.max_nonfinite:
                     raise TrainingStopped(
-                        f"{self.nonfinite_run} non-finite losses in a row at step {self.step}; "
+                        f"{self.nonfinite_run} non-finite losses in a row at step {self.step + 1}; "
                         "lower train.lr, set train.grad_clip, or use train.amp=bf16/off"
                     )
                 self.step += 1
