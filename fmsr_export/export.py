@@ -26,7 +26,7 @@ MAX_PARITY_ERROR = 1e-4
 
 
 class ExportError(RuntimeError):
-    """The export failed a check; the message says which and by how much."""
+    """An export check failed; the message names the check and the measured error."""
 
 
 def sha256_file(path: str | Path) -> str:

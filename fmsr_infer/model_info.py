@@ -18,7 +18,7 @@ class ModelError(ValueError):
 
 @dataclass
 class ModelInfo:
-    """What the runtime needs to know about an exported network.
+    """Runtime metadata of an exported network.
 
     Inputs x_t [N, 3, H, W], cond [N, 3, H, W] and t [N], float32; the output,
     [N, 3, H, W], is the velocity or x_1 depending on `prediction`. Images are in
