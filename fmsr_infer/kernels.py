@@ -54,8 +54,8 @@ def _load_extension():
         except ImportError as error:
             log.warning(
                 "fmsr_infer._ext is not available (%s); the kernels fall back to numpy, "
-                "which is several times slower. Build it with "
-                "`python setup.py build_ext --inplace` or `pip install .`.",
+                "which is slower (benchmarks/kernels.py measures how much). Build it "
+                "with `python setup.py build_ext --inplace` or `pip install .`.",
                 error,
             )
             _ext = None
