@@ -4,12 +4,12 @@ Usage:
     python setup.py build_ext --inplace   # builds fmsr_infer._ext
     python benchmarks/kernels.py [--sizes 256 1024] [--output benchmarks/results/kernels-cpu.md]
 
-For each kernel and output size (square, 3 channels, batch 1) it prints the median
-wall time of repeated calls of the compiled kernel ("cpp"), the numpy reference that
-the runtime falls back to, and the nearest torch expression (CPU, default threads), as
-a markdown table. The torch column is a comparison point, not the same computation in
-every row: torch.randn uses torch's own generator, not Philox. Needs torch only for its
-column; without torch that column reads "n/a".
+For each kernel and output size (square, 3 channels, batch 1) it prints a markdown
+table of median wall times of repeated calls. The columns are the compiled kernel
+("cpp"), the numpy reference that the runtime falls back to, and the nearest torch
+expression (CPU, default threads). The torch column is a comparison point, not the same
+computation in every row, because torch.randn uses torch's own generator, not Philox.
+Only that column needs torch, and without torch it reads "n/a".
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fmsr_infer import kernels, resize  # noqa: E402
+from fmsr_infer import kernels, resize
 
 try:
     import torch
@@ -65,7 +65,9 @@ def torch_upsample_function(lr: np.ndarray) -> Callable[[], object]:
     if upsample is not None:
         return lambda: (2.0 * upsample(x.float() / 255.0) - 1.0)[0]
 
-    row_w, row_i, col_w, col_i = (torch.from_numpy(t) for t in resize.upsample_tables(*lr.shape[:2]))
+    row_w, row_i, col_w, col_i = (
+        torch.from_numpy(t) for t in resize.upsample_tables(*lr.shape[:2])
+    )
     row_i, col_i = row_i.long(), col_i.long()
 
     def gather_upsample():
@@ -97,9 +99,15 @@ def kernel_cases(size: int) -> list[tuple[str, Callable, Callable, Callable | No
         return (lambda: call("cpp"), lambda: call("numpy"))
 
     cases = [
-        ("gaussian_noise", *both(lambda b: kernels.gaussian_noise(1, CHANNELS, size, size, out=x_pred, backend=b))),
+        (
+            "gaussian_noise",
+            *both(lambda b: kernels.gaussian_noise(1, CHANNELS, size, size, out=x_pred, backend=b)),
+        ),
         ("upsample_condition", *both(lambda b: kernels.upsample_condition(lr, backend=b))),
-        ("upsample_condition fp16", *both(lambda b: kernels.upsample_condition(lr, dtype=np.float16, backend=b))),
+        (
+            "upsample_condition fp16",
+            *both(lambda b: kernels.upsample_condition(lr, dtype=np.float16, backend=b)),
+        ),
         ("euler_step", *both(lambda b: kernels.euler_step(x, v, dt, backend=b))),
         ("euler_step fp16 v", *both(lambda b: kernels.euler_step(x, v_half, dt, backend=b))),
         ("heun_predict", *both(lambda b: kernels.heun_predict(x, v, dt, out=x_pred, backend=b))),
@@ -113,8 +121,14 @@ def kernel_cases(size: int) -> list[tuple[str, Callable, Callable, Callable | No
             "state_to_image residual",
             *both(lambda b: kernels.state_to_image(x, upsample, scale, out=image, backend=b)),
         ),
-        ("blend_tile", *both(lambda b: kernels.blend_tile(accum, weight_sum, v, weight, 0, 0, backend=b))),
-        ("normalize_blend", *both(lambda b: kernels.normalize_blend(accum, weight + 1, out=x_pred, backend=b))),
+        (
+            "blend_tile",
+            *both(lambda b: kernels.blend_tile(accum, weight_sum, v, weight, 0, 0, backend=b)),
+        ),
+        (
+            "normalize_blend",
+            *both(lambda b: kernels.normalize_blend(accum, weight + 1, out=x_pred, backend=b)),
+        ),
     ]
     if torch is None:
         return [(name, cpp, ref, None) for name, cpp, ref in cases]
@@ -166,11 +180,16 @@ def cpu_name() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="output sides in pixels")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[256, 1024], help="output sides in pixels"
+    )
     parser.add_argument("--output", type=Path, help="also write the report to this markdown file")
     args = parser.parse_args()
     if not kernels.extension_available():
-        print("fmsr_infer._ext is not built; run `python setup.py build_ext --inplace`", file=sys.stderr)
+        print(
+            "fmsr_infer._ext is not built; run `python setup.py build_ext --inplace`",
+            file=sys.stderr,
+        )
         return 2
 
     rows = []
@@ -183,21 +202,32 @@ def main() -> int:
             print(f"{name} {size}: cpp {cpp_ms:.3f} ms", file=sys.stderr)
 
     threads = os.environ.get("OMP_NUM_THREADS", f"default ({os.cpu_count()} CPUs)")
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    torch_text = f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "no torch"
+    load = (
+        ", ".join(f"{value:.1f}" for value in os.getloadavg())
+        if hasattr(os, "getloadavg")
+        else "n/a"
+    )
+    torch_text = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "no torch"
+    )
     lines = [
         "# CPU kernel timings",
         "",
-        f"`python benchmarks/kernels.py --sizes {' '.join(map(str, args.sizes))}` on {cpu_name()}, "
-        f"{os.cpu_count()} logical CPUs, OpenMP threads {threads}; numpy {np.__version__}, "
-        f"{torch_text}; Python {platform.python_version()}; {date.today().isoformat()}. "
-        f"Load average (1, 5, 15 min) at the end of the run: {load}; other processes on the "
-        "machine inflate and scatter the timings, the parallel ones most.",
+        (
+            f"`python benchmarks/kernels.py --sizes {' '.join(map(str, args.sizes))}` on "
+            f"{cpu_name()}, {os.cpu_count()} logical CPUs, OpenMP threads {threads}; numpy "
+            f"{np.__version__}, {torch_text}; Python {platform.python_version()}; "
+            f"{date.today().isoformat()}. Load average (1, 5, 15 min) at the end of the run: "
+            f"{load}. Other processes on the machine inflate and scatter the timings, the "
+            "parallel ones most."
+        ),
         "",
-        f"Median wall time in ms of one call on a {CHANNELS}-channel square output of the given "
-        "side (the upsample reads an LR of a quarter of it, uint8). numpy is the reference "
-        "that fmsr_infer.kernels falls back to; torch is the nearest torch expression "
-        "(torch.randn for the noise, which is another generator).",
+        (
+            f"Median wall time in ms of one call on a {CHANNELS}-channel square output of the "
+            "given side (the upsample reads a uint8 LR of a quarter of it). numpy is the "
+            "reference that fmsr_infer.kernels falls back to, and torch the nearest torch "
+            "expression (torch.randn for the noise, which is another generator)."
+        ),
         "",
         "| kernel | side | cpp ms | numpy ms | torch ms | numpy / cpp | torch / cpp |",
         "|---|---:|---:|---:|---:|---:|---:|",

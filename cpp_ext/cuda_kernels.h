@@ -1,11 +1,11 @@
 // Host launchers of the CUDA kernels (cuda_kernels.cu), declared without CUDA headers so
 // that the pybind11 binding compiles with the host compiler alone.
 //
-// Every pointer is a device pointer on the calling thread's current device; `stream` is
-// a cudaStream_t (nullptr is the legacy default stream). Each launcher enqueues one
-// kernel, returns at once and returns the cudaError_t of the launch (0 is success);
-// errors of the kernel itself surface at the next synchronizing call. The layouts and
-// the arithmetic equal those of the CPU kernels in cpu_kernels.h.
+// Every pointer is a device pointer on the calling thread's current device, and
+// `stream` is a cudaStream_t (nullptr is the legacy default stream). Each launcher
+// enqueues one kernel without waiting for it and returns the cudaError_t of the launch,
+// 0 on success. Errors of the kernel itself surface at the next synchronizing call. The
+// layouts and the arithmetic equal those of the CPU kernels in cpu_kernels.h.
 #pragma once
 
 #include <cstdint>
@@ -21,10 +21,10 @@ const char* error_string(int error);
 int gaussian_noise(float* out, uint64_t seed, int64_t channels, int64_t height,
                    int64_t width, int64_t row0, int64_t col0, void* stream);
 
-// lr: [batch, in_h, in_w, channels]; the tables are already offset to the tile's first
-// output row and column: row_weights/row_indices [out_h, row_taps] and
-// col_weights/col_indices [out_w, col_taps]. Indices outside the image are clamped to
-// its edge, which only guards memory: valid tables never need it.
+// lr is [batch, in_h, in_w, channels]. The tables start at the tile's first output row
+// and column: row_weights and row_indices are [out_h, row_taps], col_weights and
+// col_indices [out_w, col_taps]. Indices outside the image are clamped to its edge.
+// That only guards memory, since valid tables never need it.
 int upsample(const void* lr, DType lr_type, int64_t batch, int64_t in_h, int64_t in_w,
              int64_t channels, const float* row_weights, const int32_t* row_indices,
              int64_t row_taps, const float* col_weights, const int32_t* col_indices,

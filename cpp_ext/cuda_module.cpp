@@ -61,11 +61,15 @@ T* device_pointer(std::uintptr_t address, const char* argument) {
 void* stream_handle(std::uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
 void require_non_negative(int64_t value, const char* argument) {
-  if (value < 0) invalid(std::string(argument) + " must be non-negative, got " + std::to_string(value));
+  if (value < 0) {
+    invalid(std::string(argument) + " must be non-negative, got " + std::to_string(value));
+  }
 }
 
 void require_positive(int64_t value, const char* argument) {
-  if (value < 1) invalid(std::string(argument) + " must be positive, got " + std::to_string(value));
+  if (value < 1) {
+    invalid(std::string(argument) + " must be positive, got " + std::to_string(value));
+  }
 }
 
 void require_floor(double floor) {

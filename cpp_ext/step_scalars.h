@@ -1,7 +1,7 @@
 // Scalar coefficients of the fused ODE updates, computed in double and rounded to float
 // once per call. The CPU and CUDA bindings and the numpy reference in
 // fmsr_infer/kernels.py derive them with the same formulas, so the per-element float
-// arithmetic sees identical inputs on every backend.
+// arithmetic gets identical inputs on every backend.
 #pragma once
 
 #include <algorithm>

@@ -207,9 +207,11 @@ def gaussian_noise(
     """Draw the tile [row0:row0+height, col0:col0+width] of the noise field of `seed`.
 
     Returns:
-        float32 [channels, height, width] (`out` if given); see `gaussian_noise_batch`.
+        float32 [channels, height, width] (`out` if given), like `gaussian_noise_batch`.
     """
-    batch_out = None if out is None else _output(out, "out", (channels, height, width), np.float32)[None]
+    batch_out = (
+        None if out is None else _output(out, "out", (channels, height, width), np.float32)[None]
+    )
     return gaussian_noise_batch(
         [seed], channels, height, width, row0, col0, out=batch_out, backend=backend
     )[0]
@@ -277,8 +279,7 @@ def upsample_condition(
         )
     if not (0 <= out_col0 and 0 <= out_w and out_col0 + out_w <= full_w):
         raise ValueError(
-            f"columns [{out_col0}, {out_col0 + out_w}) are outside the upsample's "
-            f"{full_w} columns"
+            f"columns [{out_col0}, {out_col0 + out_w}) are outside the upsample's {full_w} columns"
         )
     dtype = np.dtype(dtype)
     if dtype not in _NETWORK_DTYPES:
@@ -539,7 +540,9 @@ def _numpy_gaussian_noise(out, seeds, row0, col0):
     out[...] = _noise.gaussian_noise_batch(seeds, channels, height, width, row0, col0)
 
 
-def _numpy_upsample(lr, row_weights, row_indices, col_weights, col_indices, out, out_row0, out_col0):
+def _numpy_upsample(
+    lr, row_weights, row_indices, col_weights, col_indices, out, out_row0, out_col0
+):
     _, _, out_h, out_w = out.shape
     rows = slice(out_row0, out_row0 + out_h)
     cols = slice(out_col0, out_col0 + out_w)

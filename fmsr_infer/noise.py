@@ -11,11 +11,11 @@ the whole field. Each value is computed as follows, identically in numpy, C++ an
    z = sqrt(-2 ln U1) cos(2 pi U2) with U1 = (u1 + 1) / 2^32 in (0, 1] and
    U2 = u2 / 2^32, in float64, then rounded to float32.
 
-ln and cos are evaluated here from +, -, *, / and bit manipulation only (and sqrt,
-which IEEE 754 rounds correctly everywhere), with the same constants and the same
-order of operations as `cpp_ext/noise_math.h`, so all backends agree bit for bit.
-That holds only while no backend fuses a multiply and an add: the C++ build uses
--ffp-contract=off and the CUDA build --fmad=false.
+ln and cos are evaluated here from +, -, *, / and bit manipulation only, plus sqrt,
+which IEEE 754 rounds correctly everywhere. `cpp_ext/noise_math.h` uses the same
+constants and the same order of operations, so all backends agree bit for bit. That
+holds only while no backend fuses a multiply and an add, which is why the C++ build
+uses -ffp-contract=off and the CUDA build --fmad=false.
 """
 
 from __future__ import annotations
@@ -80,9 +80,7 @@ def philox4x32_10(
     Returns the four uint32 output words, each of the broadcast shape of the counter.
     """
     shape = np.broadcast_shapes(*(np.shape(word) for word in counter))
-    c0, c1, c2, c3 = (
-        np.broadcast_to(np.asarray(word, dtype=np.uint32), shape) for word in counter
-    )
+    c0, c1, c2, c3 = (np.broadcast_to(np.asarray(word, dtype=np.uint32), shape) for word in counter)
     k0, k1 = key[0] & _MASK32, key[1] & _MASK32
     for round_index in range(PHILOX_ROUNDS):
         if round_index > 0:
@@ -188,7 +186,7 @@ def gaussian_noise_batch(
     """Draw the tile [row0:row0+height, col0:col0+width] of the noise field of each seed.
 
     Returns float32 [len(seeds), channels, height, width]. row0 and col0 may be negative
-    (padded tiles), since rows and columns wrap modulo 2^32 in the counter.
+    for padded tiles, because rows and columns wrap modulo 2^32 in the counter.
     """
     seeds = [check_seed(seed) for seed in seeds]
     _check_extent(channels, height, width)
@@ -209,6 +207,6 @@ def gaussian_noise(
 ) -> np.ndarray:
     """Draw the tile [row0:row0+height, col0:col0+width] of the noise field of `seed`.
 
-    Returns float32 [channels, height, width]; see `gaussian_noise_batch`.
+    Returns float32 [channels, height, width], like `gaussian_noise_batch`.
     """
     return gaussian_noise_batch([seed], channels, height, width, row0, col0)[0]

@@ -15,7 +15,7 @@ from setuptools import Distribution
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cpp_ext import build  # noqa: E402
+from cpp_ext import build
 
 NVCC = build.find_nvcc()
 requires_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit absent)")
@@ -56,18 +56,26 @@ def test_cuda_extension_builds(cuda_module_path):
     assert cuda_module_path.stat().st_size > 0
 
 
-@requires_nvcc
-def test_cuda_module_imports_without_torch(cuda_module_path):
-    # A fresh interpreter that cannot import torch: the module must not need it.
-    script = (
-        "import sys, importlib.util\n"
-        "sys.modules['torch'] = None\n"
-        f"spec = importlib.util.spec_from_file_location('fmsr_infer._ext_cuda', {str(cuda_module_path)!r})\n"
+def run_with_module(module_path: Path, body: str) -> subprocess.CompletedProcess:
+    """Run `body` in a fresh interpreter where `module` is the built extension."""
+    loader = (
+        "import importlib.util\n"
+        "spec = importlib.util.spec_from_file_location(\n"
+        f"    'fmsr_infer._ext_cuda', {str(module_path)!r}\n"
+        ")\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
-        "print(sorted(name for name in dir(module) if not name.startswith('_')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", loader + body], check=False, capture_output=True, text=True
+    )
+
+
+@requires_nvcc
+def test_cuda_module_imports_without_torch(cuda_module_path):
+    # Importing torch fails in this interpreter, so the module must not need it.
+    body = "print(sorted(name for name in dir(module) if not name.startswith('_')))\n"
+    result = run_with_module(cuda_module_path, "import sys\nsys.modules['torch'] = None\n" + body)
     assert result.returncode == 0, result.stderr
     expected = [
         "blend_tile",
@@ -87,22 +95,19 @@ def test_cuda_module_imports_without_torch(cuda_module_path):
 
 @requires_nvcc
 def test_cuda_module_validates_before_launch(cuda_module_path):
-    script = (
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('fmsr_infer._ext_cuda', {str(cuda_module_path)!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
-        "for call in (\n"
+    body = (
+        "calls = (\n"
         "    lambda: module.euler_step(x=0, v=8, v_dtype='float32', n=4, dt=0.1, stream=0),\n"
         "    lambda: module.euler_step(x=8, v=8, v_dtype='float64', n=4, dt=0.1, stream=0),\n"
         "    lambda: module.blend_tile(8, 8, 3, 4, 4, 8, 'float32', 8, 2, 2, 3, 3, 0),\n"
-        "):\n"
+        ")\n"
+        "for call in calls:\n"
         "    try:\n"
         "        call()\n"
         "    except ValueError as error:\n"
         "        print('ValueError:', error)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    result = run_with_module(cuda_module_path, body)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "ValueError: x is a null pointer"
@@ -115,17 +120,15 @@ def test_cuda_module_validates_before_launch(cuda_module_path):
     os.path.exists("/dev/nvidiactl"), reason="a GPU driver is present; a bogus launch would run"
 )
 def test_cuda_launch_without_driver_raises(cuda_module_path):
-    script = (
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('fmsr_infer._ext_cuda', {str(cuda_module_path)!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
+    body = (
         "try:\n"
-        "    module.gaussian_noise(out=8, seed=0, channels=1, height=1, width=1, row0=0, col0=0, stream=0)\n"
+        "    module.gaussian_noise(\n"
+        "        out=8, seed=0, channels=1, height=1, width=1, row0=0, col0=0, stream=0\n"
+        "    )\n"
         "except RuntimeError as error:\n"
         "    print('RuntimeError:', error)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    result = run_with_module(cuda_module_path, body)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("RuntimeError: CUDA launch of gaussian_noise failed")
 
@@ -150,7 +153,10 @@ def test_cuda_module_hides_runtime_symbols(cuda_module_path):
     if nm is None:
         pytest.skip("nm not found")
     exported = subprocess.run(
-        [nm, "-D", "--defined-only", str(cuda_module_path)], capture_output=True, text=True, check=True
+        [nm, "-D", "--defined-only", str(cuda_module_path)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "PyInit__ext_cuda" in exported
     assert not re.search(r"\bcuda[A-Z]\w*", exported)

@@ -1,4 +1,4 @@
-"""CPU kernels of fmsr_infer.kernels against their numpy references and exact answers."""
+"""CPU kernels of fmsr_infer.kernels against their numpy references and exact results."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ def test_upsample_gray_2d_input():
 
 
 @requires_extension
-@pytest.mark.parametrize("row0, col0, height, width", [(0, 0, 1, 1), (5, 17, 40, 9), (100, 3, 48, 209)])
+@pytest.mark.parametrize(
+    "row0, col0, height, width", [(0, 0, 1, 1), (5, 17, 40, 9), (100, 3, 48, 209)]
+)
 def test_upsample_tile_equals_crop(row0, col0, height, width):
     lr = random_lr(np.random.default_rng(3), np.uint8, (37, 53, 3))
     full = kernels.upsample_condition(lr, backend="cpp")
@@ -88,7 +90,9 @@ def test_upsample_tile_equals_crop(row0, col0, height, width):
 def test_upsample_tile_numpy_equals_crop():
     lr = random_lr(np.random.default_rng(4), np.float32, (9, 7, 3))
     full = kernels.upsample_condition(lr, backend="numpy")
-    tile = kernels.upsample_condition(lr, out_row0=7, out_col0=2, out_h=20, out_w=11, backend="numpy")
+    tile = kernels.upsample_condition(
+        lr, out_row0=7, out_col0=2, out_h=20, out_w=11, backend="numpy"
+    )
     np.testing.assert_array_equal(tile, full[:, 7:27, 2:13])
 
 
@@ -357,8 +361,14 @@ def test_blend_equals_reference(tile_dtype):
         tiles = np.random.default_rng(6)
         for row0, col0, tile_h, tile_w in placements:
             tile = tiles.standard_normal((channels, tile_h, tile_w)).astype(tile_dtype)
-            kernels.blend_tile(accum, weight_sum, tile, feather(tile_h, tile_w), row0, col0, backend=backend)
-        results[backend] = (accum, weight_sum, kernels.normalize_blend(accum, weight_sum, backend=backend))
+            kernels.blend_tile(
+                accum, weight_sum, tile, feather(tile_h, tile_w), row0, col0, backend=backend
+            )
+        results[backend] = (
+            accum,
+            weight_sum,
+            kernels.normalize_blend(accum, weight_sum, backend=backend),
+        )
     for cpp, reference in zip(results["cpp"], results["numpy"]):
         assert np.abs(cpp - reference).max() <= 1e-6
         np.testing.assert_array_equal(cpp, reference)
@@ -439,7 +449,18 @@ def test_float_to_half_rounds_like_numpy():
     midpoints = (finite[:-1] + finite[1:]) / 2  # exact ties, float32-representable
     rng = np.random.default_rng(7)
     random_bits = rng.integers(0, 2**32, size=1_000_000, dtype=np.uint64).astype(np.uint32)
-    specials = [0.0, -0.0, np.inf, -np.inf, 65504.0, 65519.996, 65520.0, 2.0**-24, 2.0**-25, 2.0**-14]
+    specials = [
+        0.0,
+        -0.0,
+        np.inf,
+        -np.inf,
+        65504.0,
+        65519.996,
+        65520.0,
+        2.0**-24,
+        2.0**-25,
+        2.0**-14,
+    ]
     values = np.concatenate(
         [
             finite.astype(np.float32),
