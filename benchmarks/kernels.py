@@ -211,11 +211,11 @@ def main() -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "no torch"
     )
     lines = [
-        "# CPU kernel timings",
+        f"# CPU kernel timings, OpenMP threads {threads}",
         "",
         (
             f"`python benchmarks/kernels.py --sizes {' '.join(map(str, args.sizes))}` on "
-            f"{cpu_name()}, {os.cpu_count()} logical CPUs, OpenMP threads {threads}; numpy "
+            f"{cpu_name()}, {os.cpu_count()} logical CPUs; numpy "
             f"{np.__version__}, {torch_text}; Python {platform.python_version()}; "
             f"{date.today().isoformat()}. Load average (1, 5, 15 min) at the end of the run: "
             f"{load}. Other processes on the machine inflate and scatter the timings, the "

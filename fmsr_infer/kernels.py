@@ -540,20 +540,30 @@ def _numpy_gaussian_noise(out, seeds, row0, col0):
     out[...] = _noise.gaussian_noise_batch(seeds, channels, height, width, row0, col0)
 
 
+# Output rows per step of the numpy upsample, which bounds its float64 temporaries to
+# about rows * width * taps * channels * 8 bytes (50 MB at 256 rows, 4096 columns, 3
+# channels).
+_NUMPY_UPSAMPLE_ROWS = 256
+
+
 def _numpy_upsample(
     lr, row_weights, row_indices, col_weights, col_indices, out, out_row0, out_col0
 ):
     _, _, out_h, out_w = out.shape
-    rows = slice(out_row0, out_row0 + out_h)
     cols = slice(out_col0, out_col0 + out_w)
+    col_taps_weights = col_weights[cols].astype(np.float64)
+    col_taps_indices = col_indices[cols]
     lr01 = lr.astype(np.float64) / _LR_SCALE[lr.dtype]  # [N, H, W, C]
 
     # Rows first, then columns, in float64 like resize.imresize.
-    row_taps = lr01[:, row_indices[rows]]  # [N, h, P, W, C]
-    by_rows = np.einsum("yp,nypwc->nywc", row_weights[rows].astype(np.float64), row_taps)
-    col_taps = by_rows[:, :, col_indices[cols]]  # [N, h, w, Q, C]
-    full = np.einsum("xq,nyxqc->nyxc", col_weights[cols].astype(np.float64), col_taps)
-    out[...] = (2.0 * full - 1.0).transpose(0, 3, 1, 2)
+    for start in range(0, out_h, _NUMPY_UPSAMPLE_ROWS):
+        stop = min(start + _NUMPY_UPSAMPLE_ROWS, out_h)
+        rows = slice(out_row0 + start, out_row0 + stop)
+        row_taps = lr01[:, row_indices[rows]]  # [N, rows, P, W, C]
+        by_rows = np.einsum("yp,nypwc->nywc", row_weights[rows].astype(np.float64), row_taps)
+        col_taps = by_rows[:, :, col_taps_indices]  # [N, rows, w, Q, C]
+        full = np.einsum("xq,nyxqc->nyxc", col_taps_weights, col_taps)
+        out[:, :, start:stop] = (2.0 * full - 1.0).transpose(0, 3, 1, 2)
 
 
 def _as_float32(array):

@@ -32,6 +32,8 @@ PHILOX_ROUNDS = 10
 
 _MASK32 = 0xFFFFFFFF
 _SEED_LIMIT = 1 << 64
+# Elements per block of gaussian_noise_batch, about 8 MB per uint64 temporary.
+_BLOCK_ELEMENTS = 1 << 20
 
 # ln(2) split so that exponent * _LN2_HI is exact (the low 32 bits of _LN2_HI are zero).
 _LN2_HI = float.fromhex("0x1.62e42fee00000p-1")
@@ -193,12 +195,16 @@ def gaussian_noise_batch(
     out = np.empty((len(seeds), channels, height, width), dtype=np.float32)
     rows = ((np.arange(height, dtype=np.int64) + row0) % (_MASK32 + 1)).astype(np.uint32)
     cols = ((np.arange(width, dtype=np.int64) + col0) % (_MASK32 + 1)).astype(np.uint32)
+    # Blocks of rows bound the uint64 and float64 temporaries; values do not depend on it.
+    block = max(1, _BLOCK_ELEMENTS // max(width, 1))
     for index, seed in enumerate(seeds):
         key = (seed & _MASK32, seed >> 32)
         for channel in range(channels):
-            counter = (cols[None, :], rows[:, None], np.uint32(channel), np.uint32(0))
-            u1, u2, _, _ = philox4x32_10(counter, key)
-            out[index, channel] = box_muller(u1, u2)
+            for start in range(0, height, block):
+                block_rows = rows[start : start + block, None]
+                counter = (cols[None, :], block_rows, np.uint32(channel), np.uint32(0))
+                u1, u2, _, _ = philox4x32_10(counter, key)
+                out[index, channel, start : start + block] = box_muller(u1, u2)
     return out
 
 

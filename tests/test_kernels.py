@@ -87,6 +87,15 @@ def test_upsample_tile_equals_crop(row0, col0, height, width):
     np.testing.assert_array_equal(tile, full[:, row0 : row0 + height, col0 : col0 + width])
 
 
+def test_upsample_numpy_in_row_blocks():
+    # 80 LR rows give 320 output rows, more than one block of the numpy upsample.
+    lr = random_lr(np.random.default_rng(9), np.uint8, (80, 6, 3))
+    got = kernels.upsample_condition(lr, backend="numpy")
+    assert np.abs(got - upsample_definition(lr)).max() <= 1e-6
+    tile = kernels.upsample_condition(lr, out_row0=250, out_h=20, backend="numpy")
+    np.testing.assert_array_equal(tile, got[:, 250:270])
+
+
 def test_upsample_tile_numpy_equals_crop():
     lr = random_lr(np.random.default_rng(4), np.float32, (9, 7, 3))
     full = kernels.upsample_condition(lr, backend="numpy")

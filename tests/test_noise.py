@@ -94,6 +94,13 @@ def test_reference_tile_equals_crop(row0, col0):
     np.testing.assert_array_equal(bits(tile), bits(np.ascontiguousarray(crop)))
 
 
+def test_reference_row_blocks_are_seamless():
+    # 2100 x 600 exceeds one block of the reference, so rows 1700-1800 straddle two.
+    full = noise.gaussian_noise(11, 1, 2100, 600)
+    tile = noise.gaussian_noise(11, 1, 100, 600, row0=1700)
+    np.testing.assert_array_equal(bits(tile), bits(np.ascontiguousarray(full[:, 1700:1800])))
+
+
 def test_negative_offsets_wrap_modulo_2_32():
     padded = noise.gaussian_noise(5, 1, 8, 8, row0=-3, col0=-2)
     wrapped = noise.gaussian_noise(5, 1, 3, 2, row0=2**32 - 3, col0=2**32 - 2)
