@@ -48,7 +48,10 @@ DEFAULT_CUDA_ARCHS = ("80", "86", "90")
 CPU_SOURCES = ["cpp_ext/cpu_kernels.cpp", "cpp_ext/cpu_module.cpp"]
 CUDA_BINDING_SOURCES = ["cpp_ext/cuda_module.cpp"]
 CUDA_SOURCES = ["cpp_ext/cuda_kernels.cu"]
-HEADERS = [
+# Headers, and this file for its flags: a change to any of them rebuilds both modules,
+# and listing them here also puts them in the sdist.
+DEPENDS = [
+    "cpp_ext/build.py",
     "cpp_ext/cpu_kernels.h",
     "cpp_ext/cuda_kernels.h",
     "cpp_ext/dtype.h",
@@ -139,7 +142,7 @@ def cpu_extension() -> Pybind11Extension:
         "fmsr_infer._ext",
         [_path(source) for source in CPU_SOURCES],
         include_dirs=[os.path.join(ROOT, "cpp_ext")],
-        depends=[_path(header) for header in HEADERS],
+        depends=[_path(header) for header in DEPENDS],
         cxx_std=17,
     )
 
@@ -151,7 +154,7 @@ def cuda_extension() -> CudaExtension:
         [_path(source) for source in CUDA_BINDING_SOURCES],
         cuda_sources=[_path(source) for source in CUDA_SOURCES],
         include_dirs=[os.path.join(ROOT, "cpp_ext")],
-        depends=[_path(header) for header in HEADERS],
+        depends=[_path(header) for header in DEPENDS],
         cxx_std=17,
     )
 
@@ -204,6 +207,15 @@ class BuildExt(build_ext):
                 ext.extra_compile_args += compile_flags
                 ext.extra_link_args += link_flags
         super().build_extensions()
+
+    def get_source_files(self):
+        # sdist collects the sources from here. The CUDA sources go in even when this
+        # machine builds no CUDA module, so that an sdist made here still has them.
+        files = super().get_source_files()
+        for source in CUDA_BINDING_SOURCES + CUDA_SOURCES:
+            if _path(source) not in files:
+                files.append(_path(source))
+        return files
 
     def build_extension(self, ext):
         if isinstance(ext, CudaExtension):

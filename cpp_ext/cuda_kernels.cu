@@ -3,8 +3,9 @@
 // --fmad=false (cpp_ext/build.py does): the noise is then bit-exact against the numpy
 // reference, and the other kernels round like the CPU ones.
 //
-// Launch shape: x threads walk the innermost (contiguous) axis, and a grid-stride loop
-// over blockIdx.y walks the rows of all planes, so no kernel divides per element.
+// Launch shape: x threads walk the innermost (contiguous) axis and a grid-stride loop
+// over blockIdx.y walks the rows of all planes, so each warp reads and writes contiguous
+// memory. The elementwise updates use a flat grid-stride loop instead.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
