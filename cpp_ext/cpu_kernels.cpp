@@ -51,11 +51,14 @@ inline Pixel quantize(float value, float max_value) {
 // baseline (SSE2), and the loader picks one per CPU. Noise is the one kernel bound by
 // arithmetic (double precision), where twice the vector width pays. AVX2 does not
 // include FMA and the build disables contraction, so both clones round identically.
+// Defining FMSR_NOISE_CLONES as empty on the command line builds the baseline only.
+#ifndef FMSR_NOISE_CLONES
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__APPLE__) && \
     (!defined(__clang__) || __clang_major__ >= 14)
 #define FMSR_NOISE_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define FMSR_NOISE_CLONES
+#endif
 #endif
 
 FMSR_NOISE_CLONES
