@@ -36,7 +36,7 @@ from fmsr_infer.imageio import (
 )
 from fmsr_infer.model_info import ModelError, load_info
 from fmsr_infer.samplers import SAMPLERS
-from fmsr_infer.tiling import DEFAULT_MEMORY_BUDGET_MB, DEFAULT_OVERLAP
+from fmsr_infer.tiling import DEFAULT_MEMORY_BUDGET_MB, DEFAULT_OVERLAP, fit_to_backend
 
 log = logging.getLogger("fmsr_infer")
 
@@ -329,6 +329,8 @@ def write_scores(path: Path, rows: list[tuple[str, object]]) -> object:
 
 @dataclass
 class RunState:
+    """Counters and scores of the images processed so far."""
+
     written: int = 0
     output_pixels: int = 0
     network_calls: int = 0
@@ -426,7 +428,11 @@ class Runner:
 
 
 def configure_logging(quiet: bool, verbose: bool) -> None:
-    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    level = logging.INFO
+    if quiet:
+        level = logging.ERROR
+    elif verbose:
+        level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     log.handlers[:] = [handler]
@@ -570,7 +576,7 @@ def report(state: RunState, plan: Plan, failures: list[str], seconds: float, set
 )
 @click.option(
     "--seed", type=click.IntRange(0, 2**64 - 1), default=0,
-    help="Seed of the noise field; the same seed gives the same output, tiled or not.",
+    help="Seed of the noise field. The same seed and tile settings give the same output.",
 )
 @click.option(
     "--temperature", type=click.FloatRange(0.0, 2.0), default=None, show_default=False,
@@ -649,7 +655,13 @@ def main(**options):
 
 def run(opts: dict) -> int:
     """Run fmsr-infer with the parsed options; returns the exit status."""
+    from PIL import Image
+
     from fmsr_infer.pipeline import SampleSettings, Upscaler
+
+    # --max-pixels replaces Pillow's limit (a warning at 89 million pixels, an error at
+    # twice that), so that raising it is enough to process a larger trusted image.
+    Image.MAX_IMAGE_PIXELS = None
 
     model_path, info = resolve_model(opts["model_path"])
     settings = SampleSettings(
@@ -669,6 +681,7 @@ def run(opts: dict) -> int:
     output_dir: Path = opts["output_dir"]
     prepare_output_dir(output_dir)
     backend = load_backend(opts["backend_name"], model_path, info, opts["threads"])
+    tiling = fit_to_backend(tiling, backend, info.size_multiple)
 
     plan = plan_jobs(
         opts["input_path"], output_dir, opts["recursive"], suffix, opts["ext_option"],
@@ -703,12 +716,12 @@ def run(opts: dict) -> int:
 
     if runner.state.scores:
         mean = write_scores(output_dir / SCORES_CSV, runner.state.scores)
-        click.echo(
-            f"mean of {len(runner.state.scores)} images: PSNR-Y {mean.psnr_y:.2f} dB, "
-            f"SSIM-Y {mean.ssim_y:.4f}, PSNR-RGB {mean.psnr_rgb:.2f} dB "
-            f"(per image in {output_dir / SCORES_CSV})",
-            err=hidden,
-        )
+        if not hidden:
+            click.echo(
+                f"mean of {len(runner.state.scores)} images: PSNR-Y {mean.psnr_y:.2f} dB, "
+                f"SSIM-Y {mean.ssim_y:.4f}, PSNR-RGB {mean.psnr_rgb:.2f} dB "
+                f"(per image in {output_dir / SCORES_CSV})"
+            )
     report(runner.state, plan, failures, seconds, settings, output_dir)
     return EXIT_FAILED_INPUTS if failures else 0
 

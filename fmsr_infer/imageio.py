@@ -2,9 +2,9 @@
 
 `load_image` turns a file into an `LRImage`: colour (1 channel for grayscale inputs,
 3 otherwise) and an optional alpha channel, as uint8 or uint16 arrays with the EXIF
-orientation applied. Pillow decodes everything except the low byte of 16-bit colour
-PNGs, which Pillow 10 to 13 truncate to 8 bits; those are decoded twice through
-Pillow's own PNG decoder, once for each byte of the samples.
+orientation applied. Pillow decodes every kind. Only 16-bit colour PNGs need care,
+because Pillow (10 to 13) keeps just the high byte of their samples, so they are
+decoded twice through Pillow's PNG decoder, once for each byte.
 
 Outputs are written to a hidden temporary file in the destination folder and renamed
 into place (`atomic_output`), so an interrupted run never leaves a partial image.
@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import struct
+import sys
 import tempfile
 import warnings
 import zlib
@@ -36,10 +37,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 50_000_000
 
-# fmsr enforces its own pixel limit (`max_pixels`), so Pillow's warning at 89 million
-# pixels and its error at twice that are turned off.
-Image.MAX_IMAGE_PIXELS = None
-
 # EXIF orientation tag (0x0112) values, as numpy operations on [H, W, ...] arrays. They
 # match PIL.ImageOps.exif_transpose, which a test checks for all eight values.
 EXIF_ORIENTATION_TAG = 0x0112
@@ -53,13 +50,23 @@ _ORIENTATION_OPS = {
     8: lambda a: np.rot90(a, k=1),
 }
 
-# Pillow's raw modes for 16-bit colour PNGs, and the raw mode that reads the low byte
-# of each sample instead of the high one (Pillow's little-endian unpacker takes byte 1).
-_PNG16_LOW_BYTE_RAWMODE = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+# Pillow's raw modes for 16-bit colour (big-endian in PNG, either order in TIFF), which
+# keep the high byte of each sample, and the raw mode of the other byte order, which
+# applied to the same data keeps the low byte.
+# libtiff's decoder hands Pillow samples in native byte order ("16N").
+_NATIVE_OTHER = "B" if sys.byteorder == "little" else "L"
+_LOW_BYTE_RAWMODE = {
+    "RGB;16B": "RGB;16L",
+    "RGB;16L": "RGB;16B",
+    "RGB;16N": f"RGB;16{_NATIVE_OTHER}",
+    "RGBA;16B": "RGBA;16L",
+    "RGBA;16L": "RGBA;16B",
+    "RGBA;16N": f"RGBA;16{_NATIVE_OTHER}",
+}
 
 
 class ImageReadError(ValueError):
-    """A file that cannot be read as an image; the message gives the reason."""
+    """A file that cannot be read as an image. The message gives the reason."""
 
 
 @dataclass
@@ -101,7 +108,8 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LRImage:
     """Decode an image file of any supported kind; raises ImageReadError with a reason.
 
     `max_pixels` (width x height, 0 for no limit) is checked against the header before
-    any pixel data is decoded, which stops decompression bombs.
+    any pixel data is decoded, which stops decompression bombs. Pillow's own limit
+    (`PIL.Image.MAX_IMAGE_PIXELS`) applies too, and fmsr-infer turns it off.
     """
     if path.stat().st_size == 0:
         raise ImageReadError("empty file (0 bytes)")
@@ -111,6 +119,8 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LRImage:
             img = Image.open(path)
     except UnidentifiedImageError:
         raise ImageReadError("not an image file that Pillow can identify") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{exc}; set PIL.Image.MAX_IMAGE_PIXELS to allow it") from None
     with img:
         width, height = img.size
         if width < 1 or height < 1:
@@ -124,7 +134,7 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LRImage:
             log.warning("%s has %d frames; using the first", path, img.n_frames)
         # The raw mode is read first because reading EXIF may decode a PNG, which
         # empties img.tile.
-        rawmode = _single_tile_rawmode(img)
+        rawmode = _single_rawmode(img)
         orientation = _exif_orientation(img)
         try:
             image = _decode(path, img, rawmode)
@@ -161,10 +171,10 @@ def _decode(path: Path, img: Image.Image, rawmode: str | None) -> LRImage:
             color = color[..., None]
         return LRImage(np.ascontiguousarray(color), alpha, fmt, mode, profile)
 
-    # 16-bit PNG colour, which Pillow would truncate to 8 bits.
-    if fmt == "PNG" and rawmode in _PNG16_LOW_BYTE_RAWMODE:
-        high = _decode_png_rawmode(path, rawmode)
-        low = _decode_png_rawmode(path, _PNG16_LOW_BYTE_RAWMODE[rawmode])
+    # 16-bit PNG and TIFF colour, which Pillow would truncate to 8 bits.
+    if fmt in ("PNG", "TIFF") and rawmode in _LOW_BYTE_RAWMODE:
+        high = _decode_with_rawmode(path, rawmode)
+        low = _decode_with_rawmode(path, _LOW_BYTE_RAWMODE[rawmode])
         pixels = (high.astype(np.uint16) << 8) | low
         if pixels.shape[2] == 4:
             return result(pixels[..., :3], np.ascontiguousarray(pixels[..., 3]))
@@ -175,7 +185,7 @@ def _decode(path: Path, img: Image.Image, rawmode: str | None) -> LRImage:
         return result(pixels)
     if fmt == "PNG" and rawmode == "LA;16B":
         # Read each pixel's four bytes (L high, L low, A high, A low) as RGBA.
-        raw = _decode_png_rawmode(path, "RGBA").astype(np.uint16)
+        raw = _decode_with_rawmode(path, "RGBA").astype(np.uint16)
         gray = (raw[..., 0] << 8) | raw[..., 1]
         alpha = (raw[..., 2] << 8) | raw[..., 3]
         return result(gray, alpha)
@@ -210,22 +220,38 @@ def _decode(path: Path, img: Image.Image, rawmode: str | None) -> LRImage:
     return result(np.asarray(img.convert("RGB")))
 
 
-def _single_tile_rawmode(img: Image.Image) -> str | None:
-    if len(img.tile) != 1:
-        return None
-    args = img.tile[0][3]
-    return args if isinstance(args, str) else None
+def _tile_rawmode(args) -> str | None:
+    """Return the raw mode of a Pillow tile: its args, or their first item."""
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return None
 
 
-def _decode_png_rawmode(path: Path, rawmode: str) -> np.ndarray:
-    """Decode a PNG's pixel data with Pillow's PNG decoder, unpacked by `rawmode`.
+def _single_rawmode(img: Image.Image) -> str | None:
+    """Return the raw mode shared by all tiles (TIFF strips) of an image, else None."""
+    rawmodes = {_tile_rawmode(tile[3]) for tile in img.tile}
+    return rawmodes.pop() if len(rawmodes) == 1 else None
 
-    Pillow undoes the PNG row filters with the sample layout of the file, then
-    unpacks each pixel by `rawmode`; picking the raw mode picks which bytes are kept.
+
+def _decode_with_rawmode(path: Path, rawmode: str) -> np.ndarray:
+    """Decode an image's pixel data with Pillow's decoder, unpacked by `rawmode`.
+
+    Pillow's decoders (zlib with the PNG row filters, the TIFF codecs) work on the
+    sample layout of the file and then unpack each pixel by the raw mode, so the raw
+    mode selects which bytes are kept.
     """
     with Image.open(path) as img:
-        codec, extents, offset, _ = img.tile[0]
-        img.tile = [(codec, extents, offset, rawmode)]
+        tiles = []
+        for tile in img.tile:
+            args = tile[3]
+            args = rawmode if isinstance(args, str) else (rawmode, *args[1:])
+            if hasattr(tile, "_replace"):  # Pillow 11 and later: ImageFile._Tile
+                tiles.append(tile._replace(args=args))
+            else:
+                tiles.append((*tile[:3], args))
+        img.tile = tiles
         img.load()
         return np.array(img)
 
@@ -314,8 +340,8 @@ class PngWriter:
 
     Rows arrive as [n, width, channels] uint8 or uint16 arrays, top to bottom. Each row
     gets the PNG filter (None, Sub, Up, Average or Paeth) with the smallest sum of
-    absolute filtered bytes, the heuristic libpng uses; zlib compresses the filtered
-    rows into IDAT chunks of at most 1 MiB as they come.
+    absolute filtered bytes, which is libpng's heuristic. zlib compresses the filtered
+    rows as they come, into IDAT chunks of about 1 MiB.
     """
 
     def __init__(

@@ -131,7 +131,8 @@ class Upscaler:
     ) -> Result:
         """Super-resolve an [h, w, 3] RGB float image in [0, 1] by the model's scale.
 
-        Untiled unless `tiling` says otherwise; the whole output is held in memory.
+        The image runs whole unless `tiling` sets a tile, and the output is held in
+        memory as [scale·h, scale·w, 3] float32 in [0, 1].
         """
         if lr01.ndim != 3 or lr01.shape[2] != 3:
             raise ValueError(f"upscale expects an [h, w, 3] RGB array, got shape {lr01.shape}")
@@ -154,9 +155,9 @@ class Upscaler:
     ) -> UpscaleStats:
         """Super-resolve a decoded image and pass its output rows to `sink`, top to bottom.
 
-        The rows are [n, width, channels] in the image's own kind: 1 channel for
-        grayscale, 3 for colour, plus alpha when the input has it; uint16 for 16-bit
-        inputs, else uint8.
+        The rows are [n, width, channels] in the image's own kind. Grayscale gives 1
+        channel and colour 3, plus 1 for alpha when the input has it. They are uint16
+        for 16-bit inputs, else uint8.
         """
         scale = self.info.scale
         height, width = image.height * scale, image.width * scale

@@ -100,6 +100,25 @@ def network_bytes_per_pixel(info: ModelInfo) -> int:
     return int(4 * _LIVE_FEATURE_MAPS * per_pixel) + _SAMPLER_BYTES_PER_PIXEL
 
 
+def fit_to_backend(settings: TileSettings, backend, multiple: int) -> TileSettings:
+    """Shrink the tile and the batch to what the backend accepts, if it has a limit.
+
+    Backends with a fixed input profile (TensorRT engines) give `max_shape` as
+    (batch, height, width); a tile larger than it, or no tiling, would fail there.
+    """
+    max_shape = getattr(backend, "max_shape", None)
+    if max_shape is None:
+        return settings
+    max_batch, max_height, max_width = max_shape
+    limit = min(max_height, max_width) // multiple * multiple
+    tile, batch = settings.tile, min(settings.batch, max_batch)
+    if tile == 0 or tile > limit:
+        log.info("tile %d px, the largest input the backend accepts (%s)", limit, max_shape)
+        tile = limit
+    overlap = min(settings.overlap, tile // 2)
+    return TileSettings(tile=tile, overlap=overlap, batch=batch)
+
+
 def tile_for_budget(info: ModelInfo, budget_mb: float, batch: int) -> int:
     """Return the largest square tile side whose batch fits in `budget_mb` MiB."""
     pixels = budget_mb * 2**20 / (network_bytes_per_pixel(info) * max(batch, 1))
@@ -309,8 +328,11 @@ def sample_tiled(
         batch_size,
     )
 
+    report_every = max(1, len(tiles) // 10)
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
+        if len(tiles) > 1 and (start // batch_size) % report_every == 0:
+            log.debug("tile %d of %d", start + 1, len(tiles))
 
         # Conditioning and noise of each tile: crops of the whole-image ones.
         cond_batch = np.empty((len(batch), 3, padded_h, padded_w), dtype=np.float32)

@@ -228,8 +228,8 @@ def test_truncated_jpeg_is_rejected(tmp_path):
         load_image(tmp_path / "half.jpg")
 
 
-def test_decompression_bomb_rejected_before_decoding(tmp_path):
-    # A PNG header claiming 60000 x 60000 pixels, followed by a few bytes of data.
+def write_bomb(path: Path) -> None:
+    """Write a PNG header claiming 60000 x 60000 pixels, followed by a few bytes."""
     header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
     data = (
         b"\x89PNG\r\n\x1a\n"
@@ -237,9 +237,20 @@ def test_decompression_bomb_rejected_before_decoding(tmp_path):
         + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
         + png_chunk(b"IEND", b"")
     )
-    (tmp_path / "bomb.png").write_bytes(data)
+    path.write_bytes(data)
+
+
+def test_decompression_bomb_rejected_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # as fmsr-infer sets it
+    write_bomb(tmp_path / "bomb.png")
     with pytest.raises(ImageReadError, match="--max-pixels"):
         load_image(tmp_path / "bomb.png")
+
+
+def test_decompression_bomb_pillow_limit_reported(tmp_path):
+    write_bomb(tmp_path / "bomb.png")
+    with pytest.raises(ImageReadError, match="MAX_IMAGE_PIXELS"):
+        load_image(tmp_path / "bomb.png", max_pixels=0)
 
 
 def test_pixel_limit_zero_means_none(tmp_path):
@@ -279,3 +290,20 @@ def test_atomic_output_file_mode_follows_umask(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_color_tiff_keeps_low_byte(tmp_path, compression, channels):
+    tifffile = pytest.importorskip("tifffile")
+    image = gradient(40, 9, channels, 65535)
+    image[0, 0, :3] = (1, 258, 65535)  # low bytes that an 8-bit read would drop
+    path = tmp_path / "c16.tif"
+    extra = {"extrasamples": ["unassalpha"]} if channels == 4 else {}
+    tifffile.imwrite(path, image, photometric="rgb", compression=compression,
+                     rowsperstrip=8, **extra)
+    loaded = load_image(path)
+    assert loaded.bit_depth == 16
+    np.testing.assert_array_equal(loaded.color, image[..., :3])
+    if channels == 4:
+        np.testing.assert_array_equal(loaded.alpha, image[..., 3])

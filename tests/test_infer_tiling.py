@@ -90,11 +90,11 @@ def test_feather_positive_ramps():
 
 def test_tile_for_budget_multiple_and_batch():
     info = make_info(size_multiple=8, model_config={"base_channels": 32, "channel_mult": [1, 2, 4]})
-    one = tile_for_budget(info, 1024, batch=1)
-    four = tile_for_budget(info, 1024, batch=4)
-    assert one % 8 == 0
-    assert four % 8 == 0
-    assert four < one
+    single = tile_for_budget(info, 1024, batch=1)
+    quadruple = tile_for_budget(info, 1024, batch=4)
+    assert single % 8 == 0
+    assert quadruple % 8 == 0
+    assert quadruple < single
     assert tile_for_budget(info, 16, batch=64) == 64  # the smallest automatic tile
 
 
@@ -249,3 +249,24 @@ def test_tiled_memory_bounded_by_tile(tiny_onnx, tmp_path):
     with Image.open(tmp_path / "out" / "large_x4_s1.png") as img:
         assert img.size == (1600, 1200)
 
+
+
+class ProfileBackend:
+    """A stand-in for a backend with a fixed input profile, as TensorRT engines have."""
+
+    max_shape = (2, 256, 192)
+
+
+@pytest.mark.parametrize(
+    "requested, expected",
+    [
+        (TileSettings(tile=0, overlap=32, batch=4), TileSettings(tile=192, overlap=32, batch=2)),
+        (TileSettings(tile=512, overlap=32, batch=1), TileSettings(tile=192, overlap=32, batch=1)),
+        (TileSettings(tile=128, overlap=16, batch=8), TileSettings(tile=128, overlap=16, batch=2)),
+    ],
+)
+def test_fit_to_backend_profile(requested, expected):
+    from fmsr_infer.tiling import fit_to_backend
+
+    assert fit_to_backend(requested, ProfileBackend(), multiple=8) == expected
+    assert fit_to_backend(requested, pointwise_backend, multiple=8) == requested
