@@ -59,8 +59,10 @@ def require_gpu():
 
 
 def build_extensions() -> None:
-    from cpp_ext import build
-
+    try:
+        from cpp_ext import build
+    except ImportError as error:
+        fail_fast(f"cannot load cpp_ext/build.py ({error}); pip install pybind11 setuptools")
     if build.find_nvcc() is None:
         fail_fast("nvcc was not found; set CUDA_HOME or use --skip-build with a built module")
     print("gpu_check: building with FMSR_CUDA=1 ...", file=sys.stderr)

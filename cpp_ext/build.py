@@ -252,7 +252,7 @@ class BuildExt(build_ext):
             self.spawn([nvcc, "-c", source, "-o", obj, *flags])
             objects.append(obj)
 
-        # nvcc links, so it finds its own static runtime; --exclude-libs hides that
+        # nvcc links, so it finds its own static runtime. --exclude-libs hides that
         # runtime's symbols so that they cannot bind to another loaded libcudart.
         # Without relocatable device code there is nothing to device-link, and
         # -nodlink keeps nvcc from adding an empty cubin for its default arch.
