@@ -137,11 +137,47 @@ def from_dict(raw: dict[str, Any]) -> Config:
                 f"unknown keys in config section {section!r}: {sorted(unknown)}; "
                 f"known: {sorted(known)}"
             )
-        kwargs[section] = cls(**(values or {}))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        typed = {
+            key: _coerce(f"{section}.{key}", fields[key].type, value)
+            for key, value in (values or {}).items()
+        }
+        kwargs[section] = cls(**typed)
     config = Config(**kwargs)
     if run_dir is not None:
         config.run_dir = str(run_dir)
     return config.validate()
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """Convert a YAML value to the field's declared type, or raise naming the key.
+
+    YAML reads `5e-4` as a string (its floats need a dot), so numbers are parsed here.
+    """
+    annotation = str(annotation)
+    if value is None and "None" in annotation:
+        return None
+    try:
+        if annotation == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if annotation.startswith("str"):
+            # YAML 1.1 reads off/on/no/yes as booleans; the string fields mean the words.
+            if isinstance(value, bool):
+                return "on" if value else "off"
+            return value if value is None else str(value)
+        if annotation == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} is {value!r}; expected a value of type {annotation}") from None
+    return value
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

@@ -155,3 +155,13 @@ def test_small_images_skipped_with_warning(tmp_path, caplog):
     pairs = load_pairs(tmp_path, min_size=64)
     assert [p.name for p in pairs] == ["coffee"]
     assert "skipping small.png" in caplog.text
+
+
+def test_config_parses_yaml_numbers_and_words():
+    config = load_config(None, ["train.lr=5e-4", "train.amp=off", "train.grad_checkpoint=true"])
+    assert config.train.lr == 5e-4
+    assert isinstance(config.train.lr, float)
+    assert config.train.amp == "off"
+    assert config.train.grad_checkpoint is True
+    with pytest.raises(ValueError, match="train.max_steps is 'many'"):
+        load_config(None, ["train.max_steps=many"])
