@@ -242,13 +242,13 @@ def check_fp32_region(model, time_nodes: list[str]) -> None:
     rounded to fp16 on the way.
     """
     graph = model.graph
-    kept = set(time_nodes)
+    time_path = set(time_nodes)
     producers = _producers(graph)
     initializers = {init.name: init.data_type for init in graph.initializer}
     inputs = {value.name: value.type.tensor_type.elem_type for value in graph.input}
     problems = []
     for node in graph.node:
-        if node.name not in kept:
+        if node.name not in time_path:
             continue
         for name in node.input:
             if not name:
@@ -262,7 +262,7 @@ def check_fp32_region(model, time_nodes: list[str]) -> None:
                     problems.append(f"{node.name} reads the fp16 graph input {name}")
                 continue
             producer = producers.get(name)
-            if producer is None or producer.name in kept:
+            if producer is None or producer.name in time_path:
                 continue
             if producer.op_type == "Constant":
                 continue
@@ -599,3 +599,72 @@ def export_fp16(
         _write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     log.info("wrote %s and %s", out_path, meta_path)
     return out_path, meta, accuracy
+
+
+# ---------------------------------------------------------------------------------
+# Command line
+
+
+def _command():
+    import click
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.argument(
+        "model_path",
+        metavar="MODEL_ONNX",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    )
+    @click.option(
+        "--out",
+        "out_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="fp16 ONNX file to write. Default: <model>_fp16.onnx beside the model.",
+    )
+    @click.option(
+        "--check-images",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help="Folder of photos for the check (their central 64x64 crops are the LR inputs). "
+        "Default: scikit-image's sample photos.",
+    )
+    @click.option(
+        "--min-fp16-psnr",
+        type=float,
+        default=DEFAULT_MIN_PSNR_DB,
+        show_default=True,
+        help="Lowest PSNR in dB between the fp32 and fp16 8-step images that the check accepts.",
+    )
+    @click.option("--quiet", is_flag=True, help="Log warnings and errors only.")
+    def main(model_path, out_path, check_images, min_fp16_psnr, quiet):
+        """Write and check the fp16 model of an fp32 ONNX export (MODEL_ONNX and its .json).
+
+        Needs no checkpoint and no torch, so it also converts the bundled default model.
+        """
+        import sys
+
+        from fmsr_infer.model_info import ModelError, load_info
+
+        logging.basicConfig(
+            level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s"
+        )
+        try:
+            info = load_info(model_path)
+            images = load_check_images(check_images)
+            path, _, accuracy = export_fp16(
+                model_path, info, images, out_path=out_path, min_psnr_db=min_fp16_psnr
+            )
+        except (Fp16Error, ModelError, OSError) as exc:
+            click.echo(f"fmsr_export.fp16: error: {exc}", err=True)
+            sys.exit(1)
+        click.echo(
+            f"wrote {path} (fp16 vs fp32 on {len(images)} photos, ONNX Runtime CPU: max abs "
+            f"error of one call {accuracy.max_abs_error:.2e}, min PSNR of the {accuracy.steps}-step "
+            f"images {accuracy.min_psnr_db:.2f} dB)"
+        )
+
+    return main
+
+
+if __name__ == "__main__":
+    _command()()

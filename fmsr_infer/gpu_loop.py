@@ -20,9 +20,10 @@
 Everything runs on one non-default stream. Host arrays are staged through pinned
 buffers so that the copies are asynchronous.
 
-NOTE: no part of this module has run on a GPU yet; it was written from the cuda-python
-13.4 (`cuda.bindings.runtime`) and TensorRT 11.4 Python documentation and checked by
-reading. `benchmarks/gpu_loop_check.py` runs the parts that do not need TensorRT.
+NOTE: this module has not run on a GPU yet. The cuda-python 13.4 and TensorRT 11.4
+calls follow their documentation, and the loop's logic is tested on an emulated device
+(host memory and the numpy kernels) in tests/test_backends.py.
+`benchmarks/gpu_loop_check.py` runs the parts that do not need TensorRT on a GPU.
 """
 
 from __future__ import annotations

@@ -208,3 +208,23 @@ def test_cli_no_engine_needs_fp16():
     result = CliRunner().invoke(cli.main, ["--ckpt", "unused.pt", "--no-engine"])
     assert result.exit_code == 2
     assert "--no-engine applies only with --fp16" in result.output
+
+
+def test_module_cli_converts_onnx(tiny_onnx, tmp_path):
+    """python -m fmsr_export.fp16 converts an fp32 export without its checkpoint."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from tests.conftest import photo_arrays
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(photo_arrays()["rocket"][:24, :24]).save(photos / "rocket.png")
+    out = tmp_path / "module_fp16.onnx"
+    result = CliRunner().invoke(
+        fp16._command(), [str(tiny_onnx), "--out", str(out), "--check-images", str(photos)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    assert "min PSNR" in result.output
+    assert load_info(out).precision == "fp16"
