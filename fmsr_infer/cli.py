@@ -255,7 +255,7 @@ def find_hr(hr_dir: Path, job: Job, scale: int) -> Path | None:
 
 
 def rgb_8bit(pixels: np.ndarray) -> np.ndarray:
-    """[H, W, C] output pixels as [H, W, 3] uint8 RGB, alpha dropped."""
+    """Convert [H, W, C] output pixels to [H, W, 3] uint8 RGB, dropping alpha."""
     pixels = to_8bit(pixels)
     if pixels.shape[2] in (1, 2):
         return np.repeat(pixels[..., :1], 3, axis=2)
@@ -274,8 +274,8 @@ def load_hr(path: Path, shape: tuple[int, int], scale: int) -> np.ndarray:
         )
         if not fits:
             raise InputFailed(
-                f"HR {path} is {pixels.shape[1]}x{pixels.shape[0]}, the output "
-                f"{width}x{height}; the LR must be the HR divided by {scale}"
+                f"HR {path} is {pixels.shape[1]}x{pixels.shape[0]} but the output is "
+                f"{width}x{height}; the LR must be the HR downscaled by {scale}"
             )
         pixels = pixels[:height, :width]
     return pixels
@@ -599,8 +599,9 @@ def report(state: RunState, plan: Plan, failures: list[str], seconds: float, set
 @click.option(
     "--memory-budget", "memory_budget_mb", type=click.IntRange(16, None),
     default=DEFAULT_MEMORY_BUDGET_MB,
-    help="Working memory of one tile batch in MiB (an estimate from the model's widths); "
-    "sets the tile size when --tile is not given.",
+    help="Working memory of one tile batch in MiB, estimated from the model's widths, "
+    "which sets the tile size when --tile is not given. The blend of a row of tiles "
+    "takes about 32 bytes x tile x output width on top.",
 )
 @click.option(
     "--backend", "backend_name", type=click.Choice(tuple(BACKENDS)), default="auto",

@@ -1,10 +1,12 @@
 """Tiled sampling: split an output into overlapping tiles, sample each, blend them.
 
-Coordinates are output pixels (the LR times the scale). Each tile sees exactly what
-the untiled run sees inside it: its conditioning is the crop of the whole-image
-bicubic upsample (`RegionUpsampler` slices the upsample's weight tables, so the LR
-context that the bicubic taps reach is included), and its noise is the crop of the
-whole-image noise field (`noise.gaussian_noise` with the tile's row0 and col0).
+Coordinates are output pixels (the LR times the scale). Inside a tile, the network
+gets the same inputs as in the untiled run:
+- the conditioning is the crop of the whole-image bicubic upsample, because
+  `RegionUpsampler` slices the whole image's weight tables and so reads the LR
+  context that the bicubic taps reach;
+- the noise is the crop of the whole-image noise field (`kernels.gaussian_noise` with
+  the tile's row0 and col0).
 Tiling therefore changes the result only where the network's receptive field crosses
 a tile edge, and a feathered weight hides those seams in the overlaps.
 
@@ -40,9 +42,9 @@ MAX_AUTO_TILE = 2048
 # image derived from it, Heun's predictor, the blend's temporaries).
 _SAMPLER_BYTES_PER_PIXEL = 16 * 3 * 4
 # Feature maps that ONNX Runtime's CPU provider keeps alive at once at each scale of
-# UNetSR. Peak RSS of one call at 256 and 512 px tiles gave 5.3 (base_channels 32) to
-# 7 (base_channels 8) times the sum of the widths, in ONNX Runtime 1.32 on a CPU.
-_LIVE_FEATURE_MAPS = 6
+# UNetSR, fitted to the peak RSS of whole fmsr-infer runs (benchmarks/tiling_memory.py,
+# ONNX Runtime 1.32 on a CPU) with base_channels 8 and 32.
+_LIVE_FEATURE_MAPS = 8
 # The value that `kernels.upsample_condition` divides each LR dtype by.
 _KERNEL_LR_MAX = {
     np.dtype(np.uint8): 255.0,
@@ -183,8 +185,8 @@ def tile_weight(tile: Tile, height: int, width: int, overlap: int) -> np.ndarray
 class RegionUpsampler:
     """Bicubic upsample of an LR image, computed for any output region on its own.
 
-    A region equals the crop of `resize.upsample` of the whole image (in float32, to
-    rounding), because it uses the rows of the whole image's weight tables: the LR
+    A region equals the crop of `resize.upsample` of the whole image, to float32
+    rounding, because it uses the rows of the whole image's weight tables. So the LR
     pixels outside the region that the bicubic taps reach are read, and the edges are
     mirrored as in the whole image.
     """
@@ -245,7 +247,7 @@ class RegionUpsampler:
 class BlendBuffer:
     """Full-width rows of the output where weighted tiles accumulate.
 
-    Holds rows [row0, row0 + accum.shape[1]) only; `release` hands finished rows out
+    It keeps rows [row0, row0 + accum.shape[1]) only. `release` hands finished rows out
     and drops them, so the buffer spans one band of tiles plus its overlap.
     """
 
