@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,7 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmsr_infer.model_info import INPUT_NAMES, METADATA_FORMAT, ModelInfo, metadata_path
+from fmsr_infer.model_info import (
+    INPUT_NAMES,
+    METADATA_FORMAT,
+    ModelInfo,
+    metadata_path,
+    sha256_file,
+)
 from fmsr_train import checkpoint as ckpt
 from fmsr_train.config import from_dict
 from fmsr_train.model import UNetSR
@@ -27,14 +32,6 @@ MAX_PARITY_ERROR = 1e-4
 
 class ExportError(RuntimeError):
     """An export check failed; the message names the check and the measured error."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_ema_model(ckpt_path: str | Path) -> tuple[UNetSR, dict[str, Any]]:

@@ -30,7 +30,6 @@ TensorRT's fp16 kernels.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmsr_infer.model_info import ModelInfo, metadata_path
+from fmsr_infer.model_info import ModelInfo, metadata_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +91,6 @@ def fp16_model_path(fp32_path: str | Path) -> Path:
     """Return where the fp16 model of an fp32 ONNX file goes: `<stem>_fp16.onnx`."""
     fp32_path = Path(fp32_path)
     return fp32_path.with_name(fp32_path.stem + FP16_SUFFIX + ".onnx")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------
