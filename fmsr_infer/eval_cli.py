@@ -173,7 +173,7 @@ def _hardware(backend, threads: int) -> str:
     used = threads if threads > 0 else os.cpu_count()
     return (
         f"{cpu}, {os.cpu_count()} logical CPUs; backend {getattr(backend, 'name', backend)}, "
-        f"ONNX Runtime {onnxruntime.__version__}, {used} CPU threads"
+        f"ONNX Runtime {onnxruntime.__version__}, {used} CPU thread{'s' if used != 1 else ''}"
     )
 
 
@@ -501,7 +501,7 @@ def main(
     images = f"{len(pairs)} image" + ("s" if len(pairs) != 1 else "")
     click.echo(
         f"{len(settings)} settings on {images} in {minutes:.1f} min; best Y-PSNR "
-        f"{best.psnr_y:.3f} dB from {best.label} ({best.calls} calls); "
+        f"{best.psnr_y:.3f} dB from {best.label} ({best.calls} network calls per image); "
         f"{len(frontiers[budgets[0]])} settings on the frontier at {budgets[0]} calls; "
         f"outputs in {output_dir}",
         err=quiet,
