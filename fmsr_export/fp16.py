@@ -21,8 +21,8 @@ verifies that no kept node reads a value that went through fp16.
 
 The check runs both graphs with ONNX Runtime's CPU execution provider on real photos.
 It reports the max abs error of one network call, over the inputs of the fp32 run, and
-the PSNR between the fp32 and fp16 images after the whole sampler run (8 Euler steps
-by default). ONNX Runtime's CPU provider computes most fp16 ops by casting to fp32 and back, so this
+the PSNR between the fp32 and fp16 images after the whole sampler run (the model's
+recommended sampler, steps, time grid and temperature by default). ONNX Runtime's CPU provider computes most fp16 ops by casting to fp32 and back, so this
 measures fp16 storage of weights and activations, not the accumulation order of
 TensorRT's fp16 kernels.
 """
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 FP16_SUFFIX = "_fp16"
 TIME_INPUT = "t"
 DEFAULT_MIN_PSNR_DB = 45.0
-DEFAULT_CHECK_STEPS = 8
 DEFAULT_CHECK_CROP = 64
 
 # Op types kept in float32 wherever they occur, besides the time path. None occurs in
@@ -482,12 +481,13 @@ def check_accuracy(
     fp16_path: str | Path,
     info: ModelInfo,
     images: dict,
-    steps: int = DEFAULT_CHECK_STEPS,
+    steps: int | None = None,
     threads: int = 0,
 ) -> Fp16Accuracy:
     """Compare the fp16 model with the fp32 one on LR photos (see the module docstring).
 
-    Uses the model's default sampler and temperature, seed 0.
+    Uses the model's recommended sampler, time grid and temperature, seed 0, and its
+    recommended steps unless `steps` is given.
     """
     from fmsr_infer.backend_ort import OrtBackend
     from fmsr_infer.pipeline import SampleSettings, Upscaler
@@ -496,7 +496,12 @@ def check_accuracy(
     candidate = OrtBackend(fp16_path, info, threads=threads)
     paired = _PairedBackend(reference, candidate)
     settings = SampleSettings(
-        steps=steps, sampler=info.sampler_default, seed=0, temperature=info.temperature_default
+        steps=info.steps_default if steps is None else steps,
+        sampler=info.sampler_default,
+        seed=0,
+        temperature=info.temperature_default,
+        grid=info.grid_default,
+        shift=info.shift_default,
     )
     scores = {}
     crop = 0
@@ -512,7 +517,7 @@ def check_accuracy(
         max_abs_error=paired.max_abs_error,
         psnr_db=scores,
         min_psnr_db=min(scores.values()),
-        steps=steps,
+        steps=settings.steps,
         sampler=settings.sampler,
         temperature=settings.temperature,
         crop=crop,
@@ -541,7 +546,7 @@ def export_fp16(
     images: dict,
     out_path: str | Path | None = None,
     min_psnr_db: float = DEFAULT_MIN_PSNR_DB,
-    steps: int = DEFAULT_CHECK_STEPS,
+    steps: int | None = None,
     threads: int = 0,
 ) -> tuple[Path, dict, Fp16Accuracy]:
     """Write the fp16 model of an fp32 export, with its JSON, after checking it.
@@ -565,7 +570,7 @@ def export_fp16(
         log.info(
             "fp16 vs fp32: max abs error of one call %.2e, min PSNR of %d-step images %.2f dB",
             accuracy.max_abs_error,
-            steps,
+            accuracy.steps,
             accuracy.min_psnr_db,
         )
         if not accuracy.min_psnr_db >= min_psnr_db:

@@ -35,7 +35,7 @@ from fmsr_infer.imageio import (
     write_png,
 )
 from fmsr_infer.model_info import ModelError, load_info
-from fmsr_infer.samplers import SAMPLERS
+from fmsr_infer.samplers import GRIDS, SAMPLERS, make_grid, network_calls
 from fmsr_infer.tiling import DEFAULT_MEMORY_BUDGET_MB, DEFAULT_OVERLAP, fit_to_backend
 
 log = logging.getLogger("fmsr_infer")
@@ -470,13 +470,15 @@ def prepare_output_dir(output_dir: Path) -> None:
         raise UsageError(f"the output folder {output_dir} is not writable: {exc.strerror or exc}")
 
 
-def resolve_suffix(template: str, scale: int, steps: int, sampler: str, seed: int) -> str:
+def resolve_suffix(
+    template: str, scale: int, steps: int, sampler: str, seed: int, grid: str = "uniform"
+) -> str:
     try:
-        suffix = template.format(scale=scale, steps=steps, sampler=sampler, seed=seed)
+        suffix = template.format(scale=scale, steps=steps, sampler=sampler, seed=seed, grid=grid)
     except (KeyError, IndexError, ValueError) as exc:
         raise UsageError(
             f"invalid --suffix {template!r}: {exc}; it may use {{scale}}, {{steps}}, "
-            "{sampler} and {seed}"
+            "{sampler}, {grid} and {seed}"
         ) from None
     if "/" in suffix or "\\" in suffix:
         raise UsageError(f"--suffix {template!r} must not contain a path separator")
@@ -511,6 +513,42 @@ def resolve_model(model_path: Path | None) -> tuple[Path, object]:
         raise UsageError(str(exc)) from None
 
 
+def resolve_settings(info, opts: dict):
+    """Build the SampleSettings from the options, falling back to the model's metadata."""
+    from fmsr_infer.pipeline import SampleSettings
+
+    grid = opts["time_grid"] or info.grid_default
+    shift = opts["shift"]
+    if shift is not None and grid != "shifted":
+        raise UsageError(
+            f"--shift {shift:g} applies only to the shifted time grid, not to {grid!r}; "
+            "add --time-grid shifted or drop --shift"
+        )
+    if shift is None and grid == info.grid_default:
+        shift = info.shift_default
+    settings = SampleSettings(
+        steps=opts["steps"] or info.steps_default,
+        sampler=opts["sampler"] or info.sampler_default,
+        seed=opts["seed"],
+        temperature=(
+            info.temperature_default if opts["temperature"] is None else opts["temperature"]
+        ),
+        grid=grid,
+        shift=shift,
+    )
+    try:
+        make_grid(settings.grid, settings.steps, settings.shift)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if info.temperature_trained(settings.temperature) is False:
+        log.warning(
+            "--temperature %g is outside this model's training, which saw %s; expect "
+            "noisy or broken output, or pass one of those",
+            settings.temperature, info.describe_trained_temperatures(),
+        )
+    return settings
+
+
 def load_backend(name: str, model_path: Path, info, threads: int):
     from fmsr_infer.backends import create_backend
 
@@ -525,7 +563,8 @@ def report(state: RunState, plan: Plan, failures: list[str], seconds: float, set
     if log.level < logging.ERROR:
         click.echo(
             f"{state.written} images in {seconds:.1f} s ({rate:.3f} output megapixels/s), "
-            f"{settings.sampler} {settings.steps} steps, {state.tiles} tiles, "
+            f"{settings.sampler} {settings.steps} steps on the {settings.grid} grid, "
+            f"{state.tiles} tiles, "
             f"{state.network_calls} network calls, temperature {settings.temperature}, "
             f"{len(plan.skipped)} skipped, outputs in {out}"
         )
@@ -549,7 +588,7 @@ def report(state: RunState, plan: Plan, failures: list[str], seconds: float, set
 @click.option(
     "--suffix", default=DEFAULT_SUFFIX,
     help="Added to each input's stem to name its output; may use {scale}, {steps}, "
-    "{sampler} and {seed}.",
+    "{sampler}, {grid} and {seed}.",
 )
 @click.option(
     "--ext", "ext_option", type=click.Choice(["png", "jpg", "webp", "auto"]), default="png",
@@ -567,12 +606,24 @@ def report(state: RunState, plan: Plan, failures: list[str], seconds: float, set
 )
 @click.option(
     "--steps", type=click.IntRange(1, 1000), default=None, show_default=False,
-    help="Sampler intervals over t in [0, 1] (Euler: one network call each, Heun: two). "
-    "Default: the model's recommendation.",
+    help="Intervals of the time grid over t in [0, 1]; network calls per interval: euler 1, "
+    "heun and midpoint 2, heun_euler_last 2 (1 on the last), rk4 4. Default: the model's "
+    "recommendation (bundled model: midpoint, 3 steps, 6 calls).",
 )
 @click.option(
     "--sampler", type=click.Choice(tuple(SAMPLERS)), default=None, show_default=False,
     help="ODE sampler. Default: the model's recommendation.",
+)
+@click.option(
+    "--time-grid", "time_grid", type=click.Choice(tuple(GRIDS)), default=None,
+    show_default=False,
+    help="Time grid: uniform, shifted (denser near the noise end for --shift above 1) or "
+    "image_end (denser near the image). Default: the model's recommendation.",
+)
+@click.option(
+    "--shift", type=click.FloatRange(0.0, None, min_open=True), default=None,
+    show_default=False,
+    help="Shift s of the shifted grid, t' = t / (t + s (1 - t)). Default: 3.",
 )
 @click.option(
     "--seed", type=click.IntRange(0, 2**64 - 1), default=0,
@@ -658,26 +709,25 @@ def run(opts: dict) -> int:
     """Run fmsr-infer with the parsed options; returns the exit status."""
     from PIL import Image
 
-    from fmsr_infer.pipeline import SampleSettings, Upscaler
+    from fmsr_infer.pipeline import Upscaler
 
     # --max-pixels replaces Pillow's limit (a warning at 89 million pixels, an error at
     # twice that), so that raising it is enough to process a larger trusted image.
     Image.MAX_IMAGE_PIXELS = None
 
     model_path, info = resolve_model(opts["model_path"])
-    settings = SampleSettings(
-        steps=opts["steps"] or info.steps_default,
-        sampler=opts["sampler"] or info.sampler_default,
-        seed=opts["seed"],
-        temperature=(
-            info.temperature_default if opts["temperature"] is None else opts["temperature"]
-        ),
+    settings = resolve_settings(info, opts)
+    log.debug(
+        "%s, %d steps on the %s grid: %d network calls per tile batch",
+        settings.sampler, settings.steps, settings.grid,
+        network_calls(settings.sampler, settings.steps),
     )
     tiling = resolve_tiling(
         info, opts["tile"], opts["tile_overlap"], opts["batch"], opts["memory_budget_mb"]
     )
     suffix = resolve_suffix(
-        opts["suffix"], info.scale, settings.steps, settings.sampler, settings.seed
+        opts["suffix"], info.scale, settings.steps, settings.sampler, settings.seed,
+        settings.grid,
     )
     output_dir: Path = opts["output_dir"]
     prepare_output_dir(output_dir)

@@ -440,7 +440,7 @@ def main(
     if not no_plot:
         import_pyplot()
     from fmsr_infer.backends import create_backend
-    from fmsr_infer.evaluation import GridUpscaler
+    from fmsr_infer.pipeline import Upscaler
 
     model_path = model_path or DEFAULT_MODEL
     try:
@@ -464,7 +464,7 @@ def main(
     )
 
     start = time.perf_counter()
-    upscaler = GridUpscaler(backend, info)
+    upscaler = Upscaler(backend, info)
     with click.progressbar(
         length=calls_per_image * len(pairs), label="fmsr-eval network calls",
         hidden=quiet, file=sys.stderr,

@@ -246,31 +246,6 @@ def _sample_key(setting: SweepSetting) -> tuple:
 
 
 @dataclass
-class GridSampleSettings(SampleSettings):
-    """`SampleSettings` with a time grid of `fmsr_infer.samplers.make_grid`."""
-
-    grid: str = "uniform"
-    shift: float | None = None
-
-
-class GridUpscaler(Upscaler):
-    """An `Upscaler` whose `sample` follows the grid of `GridSampleSettings`."""
-
-    # NOTE: this repeats the body of Upscaler.sample with make_grid in place of
-    # uniform_grid. A test checks that both agree on the uniform grid.
-    def sample(self, cond: np.ndarray, noise: np.ndarray, settings: SampleSettings):
-        grid = getattr(settings, "grid", "uniform")
-        shift = getattr(settings, "shift", None)
-        x = (np.float32(settings.temperature) * noise).astype(np.float32)
-        sampler = get_sampler(settings.sampler)
-        x, calls = sampler(self.velocity_fn(cond), x, make_grid(grid, settings.steps, shift))
-        image = flow.image_from_data(
-            x, cond, self.info.target, np.float32(self.info.residual_scale)
-        )
-        return image.astype(np.float32), calls
-
-
-@dataclass
 class PreparedImage:
     """An LR/HR pair with the conditioning and noise of `Upscaler.upscale` drawn once.
 
@@ -296,10 +271,10 @@ def prepare_image(pair: ImagePair, info: ModelInfo, seed: int) -> PreparedImage:
 
 
 def super_resolve(
-    upscaler: GridUpscaler, image: PreparedImage, setting: SweepSetting, seed: int
+    upscaler: Upscaler, image: PreparedImage, setting: SweepSetting, seed: int
 ) -> tuple[np.ndarray, int]:
     """Sample one setting on a prepared image and return (uint8 [H, W, 3], network calls)."""
-    settings = GridSampleSettings(
+    settings = SampleSettings(
         steps=setting.steps,
         sampler=setting.sampler,
         seed=seed,
@@ -340,7 +315,7 @@ def score_image(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, floa
 
 
 def run_sweep(
-    upscaler: GridUpscaler,
+    upscaler: Upscaler,
     pairs: Sequence[ImagePair],
     settings: Sequence[SweepSetting],
     seed: int = 0,

@@ -23,7 +23,7 @@ import numpy as np
 from fmsr_infer import flow, kernels
 from fmsr_infer.imageio import LRImage
 from fmsr_infer.model_info import ModelInfo
-from fmsr_infer.samplers import get_sampler, uniform_grid
+from fmsr_infer.samplers import get_sampler, make_grid
 from fmsr_infer.tiling import RegionUpsampler, TileSettings, pad_to_multiple, sample_tiled
 
 __all__ = ["Result", "SampleSettings", "Upscaler", "UpscaleStats", "pad_to_multiple"]
@@ -35,10 +35,20 @@ BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass
 class SampleSettings:
+    """The sampling of one image: `steps` intervals of the time grid `grid`.
+
+    `shift` applies to the "shifted" grid only (see `fmsr_infer.samplers.make_grid`).
+    """
+
     steps: int = 8
     sampler: str = "euler"
     seed: int = 0
     temperature: float = 0.0
+    grid: str = "uniform"
+    shift: float | None = None
+
+    def time_grid(self) -> list[float]:
+        return make_grid(self.grid, self.steps, self.shift)
 
 
 @dataclass
@@ -100,7 +110,7 @@ class Upscaler:
         """
         x = (np.float32(settings.temperature) * noise).astype(np.float32)
         sampler = get_sampler(settings.sampler)
-        x, calls = sampler(self.velocity_fn(cond), x, uniform_grid(settings.steps))
+        x, calls = sampler(self.velocity_fn(cond), x, settings.time_grid())
         residual_scale = np.float32(self.info.residual_scale)
         image = flow.image_from_data(x, cond, self.info.target, residual_scale)
         return image.astype(np.float32), calls

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from fmsr_infer.flow import PREDICTIONS, TARGETS
-from fmsr_infer.samplers import SAMPLERS
+from fmsr_infer.samplers import GRIDS, SAMPLERS, make_grid
 from fmsr_train.model import ModelConfig
 
 
@@ -28,6 +28,9 @@ class DataConfig:
     num_workers: int = 2
 
 
+NOISE_SCALES = ("one", "uniform")
+
+
 @dataclass
 class FlowConfig:
     target: str = "residual"  # "image" or "residual"
@@ -36,9 +39,17 @@ class FlowConfig:
     t_floor: float = 0.05  # floor on 1 - t when the velocity is derived from x_1
     # Fraction of training samples that start from x_0 = 0 instead of N(0, I), which
     # teaches the network the temperature-0 path (the conditional mean).
-    zero_noise_prob: float = 0.0
-    sampler_default: str = "euler"
-    sampler_default_steps: int = 8
+    zero_noise_prob: float = 0.3
+    # Scale s of the other samples' noise x_0 = s * N(0, I): "one" (s = 1), or "uniform"
+    # (s ~ U(0, 1) per sample), which trains every inference temperature in [0, 1].
+    noise_scale: str = "one"
+    # The sampler recommendation written to the exported metadata and used by the
+    # evaluation during training: sampler, intervals, time grid (and the shift of the
+    # "shifted" grid) and temperature.
+    sampler_default: str = "midpoint"
+    sampler_default_steps: int = 3
+    sampler_default_grid: str = "uniform"
+    sampler_default_shift: float | None = None
     temperature_default: float = 0.0
 
 
@@ -89,6 +100,24 @@ class Config:
             raise ValueError(
                 f"fm.sampler_default is {self.fm.sampler_default!r}; use one of {SAMPLERS}"
             )
+        if self.fm.sampler_default_grid not in GRIDS:
+            raise ValueError(
+                f"fm.sampler_default_grid is {self.fm.sampler_default_grid!r}; "
+                f"use one of {GRIDS}"
+            )
+        if self.fm.sampler_default_steps < 1:
+            raise ValueError(
+                f"fm.sampler_default_steps is {self.fm.sampler_default_steps}; use 1 or more"
+            )
+        try:
+            make_grid(
+                self.fm.sampler_default_grid, self.fm.sampler_default_steps,
+                self.fm.sampler_default_shift,
+            )
+        except ValueError as exc:
+            raise ValueError(f"fm.sampler_default_shift: {exc}") from None
+        if self.fm.noise_scale not in NOISE_SCALES:
+            raise ValueError(f"fm.noise_scale is {self.fm.noise_scale!r}; use one of {NOISE_SCALES}")
         if self.data.hr_crop % 4 or self.data.hr_crop < 16:
             raise ValueError(
                 f"data.hr_crop is {self.data.hr_crop}; use a multiple of 4 of at least 16"
@@ -102,7 +131,28 @@ class Config:
             raise ValueError(f"train.ema_decay is {self.train.ema_decay}; use a value in [0, 1)")
         if not 0.0 <= self.fm.zero_noise_prob <= 1.0:
             raise ValueError(f"fm.zero_noise_prob is {self.fm.zero_noise_prob}; use [0, 1]")
+        trained = self.temperatures_trained()
+        temperature = self.fm.temperature_default
+        if "range" in trained:
+            seen = trained["range"][0] <= temperature <= trained["range"][1]
+        else:
+            seen = temperature in trained["values"]
+        if not seen:
+            raise ValueError(
+                f"fm.temperature_default is {temperature:g}, a noise scale that training "
+                f"never shows the network ({trained}); set it to one of those, or set "
+                "fm.zero_noise_prob above 0 for temperature 0, or fm.noise_scale to uniform"
+            )
         return self
+
+    def temperatures_trained(self) -> dict[str, list[float]]:
+        """Return the initial noise scales that training shows the network (for metadata)."""
+        if self.fm.noise_scale == "uniform":
+            return {"range": [0.0, 1.0]}
+        values = [1.0] if self.fm.zero_noise_prob < 1 else []
+        if self.fm.zero_noise_prob > 0:
+            values.insert(0, 0.0)
+        return {"values": values}
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -157,12 +207,13 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
     annotation = str(annotation)
     if value is None and "None" in annotation:
         return None
+    base = annotation.replace(" | None", "")
     try:
-        if annotation == "float":
+        if base == "float":
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        if annotation == "int":
+        if base == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
@@ -171,7 +222,7 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
             if isinstance(value, bool):
                 return "on" if value else "off"
             return value if value is None else str(value)
-        if annotation == "bool":
+        if base == "bool":
             if not isinstance(value, bool):
                 raise ValueError
             return value

@@ -10,7 +10,7 @@ from PIL import Image
 
 from fmsr_infer import flow
 from fmsr_infer.metrics import Scores, mean_scores, score, to_uint8
-from fmsr_infer.samplers import get_sampler, uniform_grid
+from fmsr_infer.samplers import get_sampler, make_grid
 from fmsr_train.data import Pair
 from fmsr_train.resize_torch import upsample
 
@@ -24,10 +24,12 @@ def super_resolve(
     sampler: str = "euler",
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    grid: str = "uniform",
+    shift: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample SR images from LR [N, 3, h, w] in [0, 1]; returns (sr, bicubic) in [0, 1].
 
-    The eager-PyTorch reference of the runtime's loop: same path, grid and samplers.
+    The eager-PyTorch reference of the runtime's loop: same path, grids and samplers.
     """
     model.eval()
     cond = flow.to_network(upsample(lr))
@@ -41,7 +43,7 @@ def super_resolve(
             return flow.velocity_from_x1(out, x_t, t, fm.t_floor)
         return out
 
-    x, _ = get_sampler(sampler)(velocity, x, uniform_grid(steps))
+    x, _ = get_sampler(sampler)(velocity, x, make_grid(grid, steps, shift))
     image = flow.image_from_data(x, cond, fm.target, fm.residual_scale)
     return flow.from_network(image).clamp(0, 1), flow.from_network(cond).clamp(0, 1)
 
@@ -60,10 +62,13 @@ def evaluate(
     temperature: float | None = None,
     sampler: str = "euler",
     grid_path: Path | None = None,
+    time_grid: str = "uniform",
+    shift: float | None = None,
 ) -> dict[str, float]:
     """Score the model and bicubic on validation pairs; optionally write a sample grid.
 
-    The grid shows bicubic | ours | HR for the first image.
+    The sample grid shows bicubic | ours | HR for the first image. `time_grid` and
+    `shift` choose the sampler's time grid (`fmsr_infer.samplers.make_grid`).
     """
     if temperature is None:
         temperature = fm.temperature_default
@@ -73,7 +78,7 @@ def evaluate(
     for i, pair in enumerate(pairs):
         lr = torch.from_numpy(pair.lr.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
         sr, up = super_resolve(
-            model, lr.to(device), fm, steps, sampler, temperature, generator
+            model, lr.to(device), fm, steps, sampler, temperature, generator, time_grid, shift
         )
         sr8, up8 = to_hwc_uint8(sr[0]), to_hwc_uint8(up[0])
         ours.append(score(sr8, pair.hr))

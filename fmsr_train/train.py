@@ -260,12 +260,15 @@ class Trainer:
         grid = self.run_dir / "samples" / f"step_{self.step}_x4_s{steps}.png"
         result = evaluate(
             self.ema.module, self.val_pairs, cfg.fm, steps, self.device,
-            seed=cfg.eval.seed, grid_path=grid,
+            seed=cfg.eval.seed, sampler=cfg.fm.sampler_default, grid_path=grid,
+            time_grid=cfg.fm.sampler_default_grid, shift=cfg.fm.sampler_default_shift,
         )
         log.info(
-            "eval step %d: Y-PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f), %d Euler steps",
+            "eval step %d: Y-PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f), %s %d steps "
+            "on the %s grid",
             self.step, result["psnr_y"], result["ssim_y"],
-            result["bicubic_psnr_y"], result["bicubic_ssim_y"], steps,
+            result["bicubic_psnr_y"], result["bicubic_ssim_y"], cfg.fm.sampler_default,
+            steps, cfg.fm.sampler_default_grid,
         )
         self._write_metrics({"kind": "eval", "step": self.step, **result})
         return result
@@ -299,6 +302,8 @@ class Trainer:
         if cfg.fm.zero_noise_prob > 0:
             keep = torch.rand(n, generator=self.noise_gen) >= cfg.fm.zero_noise_prob
             x_0 = x_0 * keep[:, None, None, None]
+        if cfg.fm.noise_scale == "uniform":
+            x_0 = x_0 * torch.rand(n, generator=self.noise_gen)[:, None, None, None]
         x_0 = x_0.to(self.device).contiguous(memory_format=self.memory_format)
         t = t.to(self.device)
 

@@ -36,6 +36,10 @@ def test_export_writes_metadata(tiny_onnx, tiny_run):
     ckpt = tiny_run / "checkpoints" / "step_12.pt"
     assert info.checkpoint_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert info.onnx_sha256 == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
+    # The sampler recommendation and the trained noise scales of config.yaml.
+    assert (info.sampler_default, info.steps_default, info.grid_default) == ("midpoint", 3, "uniform")
+    assert info.shift_default is None
+    assert info.temperatures_trained == {"values": [0.0, 1.0]}
 
 
 def test_onnx_matches_pytorch_two_sizes(tiny_onnx, tiny_run):
@@ -115,16 +119,22 @@ def test_infer_same_seed_same_bytes(tiny_onnx, infer_inputs, tmp_path):
     assert outputs[0] != outputs[2]
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun"])
-def test_runtime_matches_pytorch_sampler(tiny_onnx, tiny_run, sampler):
+@pytest.mark.parametrize(
+    "sampler, grid, shift",
+    [("euler", "uniform", None), ("heun", "uniform", None), ("midpoint", "shifted", 2.0)],
+)
+def test_runtime_matches_pytorch_sampler(tiny_onnx, tiny_run, sampler, grid, shift):
     model, state = load_ema_model(tiny_run / "checkpoints" / "step_12.pt")
     fm = from_dict(state["config"]).fm
     lr = photo_arrays()["rocket"][::10, ::10][:30, :20].astype(np.float32) / 255.0
     upscaler = Upscaler(OrtBackend(tiny_onnx, load_info(tiny_onnx)), load_info(tiny_onnx))
-    settings = SampleSettings(steps=3, sampler=sampler, seed=0, temperature=0.0)
+    settings = SampleSettings(
+        steps=3, sampler=sampler, seed=0, temperature=0.0, grid=grid, shift=shift
+    )
     ours = upscaler.upscale(lr, settings)
     expected, _ = super_resolve(
-        model, torch.from_numpy(lr).permute(2, 0, 1)[None], fm, 3, sampler, temperature=0.0
+        model, torch.from_numpy(lr).permute(2, 0, 1)[None], fm, 3, sampler, temperature=0.0,
+        grid=grid, shift=shift,
     )
     np.testing.assert_allclose(ours.image, expected[0].permute(1, 2, 0).numpy(), atol=1e-3)
     assert ours.network_calls == (3 if sampler == "euler" else 6)

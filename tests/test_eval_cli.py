@@ -15,8 +15,6 @@ from conftest import REPO, photo_arrays, run_cli
 from fmsr_infer.backend_ort import OrtBackend
 from fmsr_infer.evaluation import (
     GridSpec,
-    GridSampleSettings,
-    GridUpscaler,
     ImagePair,
     Summary,
     SweepSetting,
@@ -223,32 +221,37 @@ def test_sweep_counts_true_calls(tiny_onnx, pair_dirs):
     backend = CountingBackend(OrtBackend(tiny_onnx, info, threads=1))
     pairs = pair_images(lr_dir, hr_dir, info.scale)
     settings = sweep_settings(["heun", "heun_euler_last", "rk4"], [GridSpec("image_end")], [0.5], 8)
-    measurements = run_sweep(GridUpscaler(backend, info), pairs, settings)
+    measurements = run_sweep(Upscaler(backend, info), pairs, settings)
     sampled = [m for m in measurements if m.setting is not None]
     assert backend.calls == sum(m.calls for m in sampled)
     assert backend.calls == len(pairs) * sum(network_calls(s.sampler, s.steps) for s in settings)
 
 
-@pytest.mark.parametrize("sampler, steps, temperature", [("euler", 3, 0.0), ("heun", 2, 1.0)])
-def test_sweep_matches_upscale(tiny_onnx, pair_dirs, sampler, steps, temperature):
-    # The sweep prepares conditioning and noise itself, so on the uniform grid it must
-    # give the image that Upscaler.upscale gives.
+@pytest.mark.parametrize(
+    "sampler, steps, temperature, grid",
+    [("euler", 3, 0.0, "uniform"), ("heun", 2, 1.0, "uniform"), ("midpoint", 2, 0.0, "image_end")],
+)
+def test_sweep_matches_upscale(tiny_onnx, pair_dirs, sampler, steps, temperature, grid):
+    # The sweep prepares conditioning and noise itself, so it must give the image that
+    # Upscaler.upscale gives with the same settings.
     lr_dir, hr_dir = pair_dirs
     info = load_info(tiny_onnx)
     backend = OrtBackend(tiny_onnx, info, threads=1)
     pair = pair_images(lr_dir, hr_dir, info.scale)[0]
     lr, _ = load_pair(pair, info.scale)
-    setting = SweepSetting(sampler, GridSpec("uniform"), temperature, steps)
+    setting = SweepSetting(sampler, GridSpec(grid), temperature, steps)
 
     prepared = prepare_image(pair, info, 3)
-    ours, calls = super_resolve(GridUpscaler(backend, info), prepared, setting, 3)
-    settings = SampleSettings(steps=steps, sampler=sampler, seed=3, temperature=temperature)
+    ours, calls = super_resolve(Upscaler(backend, info), prepared, setting, 3)
+    settings = SampleSettings(
+        steps=steps, sampler=sampler, seed=3, temperature=temperature, grid=grid
+    )
     reference = Upscaler(backend, info).upscale(lr.astype(np.float32) / 255.0, settings)
     assert calls == reference.network_calls
     np.testing.assert_array_equal(ours, to_uint8(reference.image))
 
 
-def test_grid_upscaler_follows_grid(tiny_onnx):
+def test_upscaler_follows_grid(tiny_onnx):
     info = load_info(tiny_onnx)
     seen = []
 
@@ -257,8 +260,8 @@ def test_grid_upscaler_follows_grid(tiny_onnx):
         return np.zeros_like(x_t)
 
     cond = np.zeros((1, 3, 8, 8), np.float32)
-    settings = GridSampleSettings(steps=2, sampler="euler", grid="shifted", shift=3.0)
-    GridUpscaler(backend, info).sample(cond, cond, settings)
+    settings = SampleSettings(steps=2, sampler="euler", grid="shifted", shift=3.0)
+    Upscaler(backend, info).sample(cond, cond, settings)
     assert seen == [0.0, 0.25]
 
 

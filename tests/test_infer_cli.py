@@ -397,7 +397,10 @@ def test_ext_auto_keeps_format(tiny_onnx, tmp_path):
     for path in assert_complete_images(out):
         with Image.open(path) as img:
             formats[path.name] = img.format
-    assert formats == {"a_euler_0.jpg": "JPEG", "b_euler_0.webp": "WEBP", "c_euler_0.png": "PNG"}
+    # The tiny model is trained from config.yaml, whose recommended sampler is midpoint.
+    assert formats == {
+        "a_midpoint_0.jpg": "JPEG", "b_midpoint_0.webp": "WEBP", "c_midpoint_0.png": "PNG"
+    }
 
 
 def test_ext_jpg_rejects_alpha(tiny_onnx, tmp_path):
@@ -429,6 +432,88 @@ def test_bad_suffix_is_usage_error(tiny_onnx, tmp_path):
                      "--suffix", suffix)
         assert proc.returncode == 2
         assert message in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Sampler settings: time grid, shift, and temperatures outside training
+
+
+def upscale_reference(model, lr_path, **settings):
+    """The output image that fmsr_infer.pipeline gives for these SampleSettings."""
+    from fmsr_infer.backend_ort import OrtBackend
+    from fmsr_infer.metrics import to_uint8
+    from fmsr_infer.model_info import load_info
+    from fmsr_infer.pipeline import SampleSettings, Upscaler
+
+    info = load_info(model)
+    lr = np.asarray(Image.open(lr_path).convert("RGB"), dtype=np.float32) / 255.0
+    result = Upscaler(OrtBackend(model, info, threads=1), info).upscale(
+        lr, SampleSettings(**settings)
+    )
+    return to_uint8(result.image)
+
+
+@pytest.mark.parametrize(
+    "options, settings",
+    [
+        (["--time-grid", "image_end"], {"grid": "image_end"}),
+        (["--time-grid", "shifted", "--shift", "0.5"], {"grid": "shifted", "shift": 0.5}),
+        (["--time-grid", "shifted"], {"grid": "shifted", "shift": None}),
+    ],
+)
+def test_time_grid_option_follows_grid(tiny_onnx, tmp_path, options, settings):
+    Image.fromarray(photo_arrays()["chelsea"][:24, :32]).save(tmp_path / "cat.png")
+    proc = infer(tmp_path / "cat.png", "--model", tiny_onnx, "-o", tmp_path / "out",
+                 "--steps", "2", "--sampler", "euler", "--temperature", "0",
+                 "--suffix", "_{grid}", "--tile", "0", *options)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out" / f"cat_{settings['grid']}.png"
+    expected = upscale_reference(
+        tiny_onnx, tmp_path / "cat.png", steps=2, sampler="euler", temperature=0.0, **settings
+    )
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
+    # A different grid gives a different image, so the option is not ignored.
+    uniform = upscale_reference(
+        tiny_onnx, tmp_path / "cat.png", steps=2, sampler="euler", temperature=0.0
+    )
+    assert not np.array_equal(expected, uniform)
+    assert f"on the {settings['grid']} grid" in proc.stdout
+
+
+def test_shift_without_shifted_grid_is_usage_error(tiny_onnx, tmp_path):
+    Image.fromarray(gradient(8, 8, 3, 255)).save(tmp_path / "x.png")
+    proc = infer(tmp_path / "x.png", "--model", tiny_onnx, "-o", tmp_path / "o", "--shift", "2")
+    assert proc.returncode == 2
+    assert "--shift 2 applies only to the shifted time grid, not to 'uniform'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_untrained_temperature_warns(tiny_onnx, tmp_path):
+    # The tiny model is trained with zero_noise_prob 0.3 and noise scale one: it saw the
+    # noise scales 0 and 1 only.
+    Image.fromarray(gradient(8, 8, 3, 255)).save(tmp_path / "x.png")
+    warned = infer(tmp_path / "x.png", "--model", tiny_onnx, "-o", tmp_path / "a",
+                   "--steps", "1", "--temperature", "0.5")
+    assert warned.returncode == 0, warned.stderr
+    assert (
+        "--temperature 0.5 is outside this model's training, which saw the noise scales "
+        "0 and 1 only" in warned.stderr
+    )
+    for temperature in ("0", "1"):
+        proc = infer(tmp_path / "x.png", "--model", tiny_onnx, "-o", tmp_path / temperature,
+                     "--steps", "1", "--temperature", temperature)
+        assert proc.returncode == 0, proc.stderr
+        assert "outside this model's training" not in proc.stderr
+
+
+def test_bundled_model_defaults_to_midpoint_3_steps(tmp_path):
+    Image.fromarray(photo_arrays()["coffee"][:16, :20]).save(tmp_path / "cup.png")
+    proc = infer(tmp_path / "cup.png", "-o", tmp_path / "out", "--tile", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "midpoint 3 steps on the uniform grid" in proc.stdout
+    assert "6 network calls" in proc.stdout
+    assert (tmp_path / "out" / "cup_x4_s3.png").is_file()
 
 
 # ---------------------------------------------------------------------------------------

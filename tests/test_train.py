@@ -165,3 +165,32 @@ def test_config_parses_yaml_numbers_and_words():
     assert config.train.grad_checkpoint is True
     with pytest.raises(ValueError, match="train.max_steps is 'many'"):
         load_config(None, ["train.max_steps=many"])
+
+
+def test_config_checks_sampler_recommendation():
+    config = load_config(None, ["fm.sampler_default_grid=shifted", "fm.sampler_default_shift=2"])
+    assert (config.fm.sampler_default_grid, config.fm.sampler_default_shift) == ("shifted", 2.0)
+    for overrides, message in (
+        (["fm.sampler_default_grid=cosine"], "fm.sampler_default_grid is 'cosine'"),
+        (["fm.sampler_default_shift=2"], "shift applies only to the 'shifted' grid"),
+        (["fm.sampler_default_grid=shifted", "fm.sampler_default_shift=0"], "positive"),
+        (["fm.sampler_default=ddim"], "fm.sampler_default is 'ddim'"),
+        (["fm.sampler_default_steps=0"], "fm.sampler_default_steps is 0"),
+        (["fm.noise_scale=gamma"], "fm.noise_scale is 'gamma'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load_config(None, overrides)
+
+
+def test_config_rejects_untrained_default_temperature():
+    # Temperature 0 needs training samples that start from x_0 = 0 ...
+    with pytest.raises(ValueError, match="fm.temperature_default is 0, a noise scale"):
+        load_config(None, ["fm.zero_noise_prob=0"])
+    # ... or noise scales spread over [0, 1].
+    config = load_config(None, ["fm.zero_noise_prob=0", "fm.noise_scale=uniform"])
+    assert config.temperatures_trained() == {"range": [0.0, 1.0]}
+    config = load_config(None, ["fm.zero_noise_prob=0", "fm.temperature_default=1"])
+    assert config.temperatures_trained() == {"values": [1.0]}
+    assert load_config(None).temperatures_trained() == {"values": [0.0, 1.0]}
+    with pytest.raises(ValueError, match="fm.temperature_default is 0.5"):
+        load_config(None, ["fm.temperature_default=0.5"])

@@ -219,3 +219,29 @@ def test_train_cli_bad_config_is_clear(tmp_path):
     assert proc.returncode == 1
     assert "unknown keys" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("noise_scale", ["one", "uniform"])
+def test_noise_scale_of_training_samples(photo_dir, tmp_path, monkeypatch, noise_scale):
+    seen = []
+
+    def recording_loss(net, hr, lr, x_0, t, fm):
+        seen.append(x_0.detach().flatten(1).std(dim=1))
+        return flow_loss(net, hr, lr, x_0, t, fm)
+
+    monkeypatch.setattr(train_module, "flow_loss", recording_loss)
+    config = tiny_config(
+        photo_dir, tmp_path / "run", "train.max_steps=4", "data.batch_size=8",
+        "fm.zero_noise_prob=0", f"fm.noise_scale={noise_scale}", "fm.temperature_default=1",
+    )
+    Trainer(config).train()
+    scales = torch.cat(seen)
+    assert scales.numel() == 32
+    if noise_scale == "one":
+        # 32 x 32 x 3 values per sample: the std of N(0, 1) is 1 within a few percent.
+        torch.testing.assert_close(scales, torch.ones_like(scales), atol=0.06, rtol=0)
+    else:
+        # Scales drawn from U(0, 1): spread over the interval.
+        assert scales.max() < 1.06
+        assert scales.min() < 0.3 and scales.max() > 0.7
+        assert scales.std() > 0.15
