@@ -278,13 +278,14 @@ class GpuCheck:
                 )
 
     def check_steps_on(self, x_np, a_np, b_np, case):
-        """Check the six ODE updates on state x_np and network outputs a_np and b_np."""
+        """Check the seven ODE updates on state x_np and network outputs a_np and b_np."""
         t, dt, floor = 0.3, 0.125, 0.05
         half_dt = float(np.float32(0.5 * dt))
         dt32 = float(np.float32(dt))
         scale = float(np.float32(dt / max(1 - t, floor)))
         rate = float(np.float32(1 / max(1 - t, floor)))
         rate_next = float(np.float32(1 / max(1 - (t + dt), floor)))
+        midpoint_scale = float(np.float32(dt / max(1 - (t + 0.5 * dt), floor)))
         xp_np = (x_np + 0.1).astype(np.float32)
         x, a, b, xp = (self.to_gpu(array) for array in (x_np, a_np, b_np, xp_np))
         af, bf = a.float(), b.float()
@@ -374,6 +375,23 @@ class GpuCheck:
                 x + half_dt * (rate * (af - x) + rate_next * (bf - xp)),
                 lambda ref: kernels.heun_correct_x1(
                     ref, a_np, xp_np, b_np, t, dt, floor, backend="numpy"
+                ),
+            ),
+            "midpoint_step_x1": (
+                lambda out: cuda.midpoint_step_x1(
+                    x=out.data_ptr(),
+                    x_mid=xp.data_ptr(),
+                    x1_hat_mid=b.data_ptr(),
+                    x1_dtype=name,
+                    n=n,
+                    t=t,
+                    dt=dt,
+                    floor=floor,
+                    stream=stream,
+                ),
+                x + midpoint_scale * (bf - xp),
+                lambda ref: kernels.midpoint_step_x1(
+                    ref, xp_np, b_np, t, dt, floor, backend="numpy"
                 ),
             ),
         }
@@ -625,6 +643,21 @@ class GpuCheck:
                     (v - x) / max(1 - t, floor) + (v_pred - x_pred) / max(1 - t - dt, floor),
                     alpha=0.5 * dt,
                 ),
+            ),
+            (
+                "midpoint_step_x1",
+                lambda: self.cuda.midpoint_step_x1(
+                    x=x.data_ptr(),
+                    x_mid=x_pred.data_ptr(),
+                    x1_hat_mid=v_pred.data_ptr(),
+                    x1_dtype="float32",
+                    n=n,
+                    t=t,
+                    dt=dt,
+                    floor=floor,
+                    stream=self.stream,
+                ),
+                lambda: x.add_(v_pred - x_pred, alpha=dt / max(1 - (t + 0.5 * dt), floor)),
             ),
             (
                 "state_to_image residual",

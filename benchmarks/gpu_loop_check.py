@@ -10,12 +10,13 @@ TensorRT, each against the numpy pipeline (`fmsr_infer.pipeline.Upscaler`) on th
 
 1. "copy": the network output is its conditioning input (a device-to-device copy, so
    x1_hat = cond), which makes the ODE exact and isolates the kernels and the loop.
-   Runs with CUDA graphs off and on (captured on the 2nd batch, replayed on the 3rd),
-   and with a runner that fails during capture, which must log the fallback and still
-   give the same image.
+   Runs every sampler of `GPU_SAMPLERS` with CUDA graphs off and on (captured on the
+   2nd batch, replayed on the 3rd), and with a runner that fails during capture, which
+   must log the fallback and still give the same image.
 2. "torch": UNetSR from `--ckpt` (or randomly initialized) on the loop's stream through
-   `torch.cuda.ExternalStream`, graphs off and on. Capturing torch ops outside
-   `torch.cuda.graph` may fail, and then the loop must fall back and log a warning.
+   `torch.cuda.ExternalStream`, with the two-call samplers heun and midpoint, graphs
+   off and on. Capturing torch ops outside `torch.cuda.graph` may fail, and then the
+   loop must fall back and log a warning.
 3. "onnxruntime-cuda": `--model` on ONNX Runtime's CUDA provider with IO binding
    (needs onnxruntime-gpu), against ONNX Runtime on the CPU.
 
@@ -343,22 +344,23 @@ def check_torch(lr, ckpt, results):
         info = synthetic_info()
     model = model.cuda().eval()
     reference_backend = TorchBackend(torch, model)
-    for use_graphs in (False, True):
-        stream = Stream()
-        runner = TorchRunner(torch, model, stream.handle)
-        runner.loop_stream = stream
-        expected = cpu_reference(reference_backend, info, lr, "heun", 96, 32)
-        image, seconds, loop = run_loop(runner, info, lr, "heun", 96, use_graphs, repeats=3)
-        compare(
-            f"torch UNetSR heun tile 96 {'graph' if use_graphs else 'plain'}",
-            image,
-            expected,
-            NETWORK_TOLERANCE,
-            seconds,
-            loop,
-            results,
-            {"checkpoint": str(ckpt) if ckpt else None},
-        )
+    for sampler in ("heun", "midpoint"):
+        expected = cpu_reference(reference_backend, info, lr, sampler, 96, 32)
+        for use_graphs in (False, True):
+            stream = Stream()
+            runner = TorchRunner(torch, model, stream.handle)
+            runner.loop_stream = stream
+            image, seconds, loop = run_loop(runner, info, lr, sampler, 96, use_graphs, repeats=3)
+            compare(
+                f"torch UNetSR {sampler} tile 96 {'graph' if use_graphs else 'plain'}",
+                image,
+                expected,
+                NETWORK_TOLERANCE,
+                seconds,
+                loop,
+                results,
+                {"checkpoint": str(ckpt) if ckpt else None},
+            )
 
 
 def check_onnxruntime_cuda(lr, model_path, results):

@@ -122,6 +122,10 @@ def kernel_cases(size: int) -> list[tuple[str, Callable, Callable, Callable | No
             *both(lambda b: kernels.heun_correct_x1(x, v, x_pred, v_pred, t, dt, floor, backend=b)),
         ),
         (
+            "midpoint_step_x1",
+            *both(lambda b: kernels.midpoint_step_x1(x, x_pred, v_pred, t, dt, floor, backend=b)),
+        ),
+        (
             "state_to_image residual",
             *both(lambda b: kernels.state_to_image(x, upsample, scale, out=image, backend=b)),
         ),
@@ -151,6 +155,9 @@ def kernel_cases(size: int) -> list[tuple[str, Callable, Callable, Callable | No
         velocity = (tv - tx) * rate + (tv_pred - tx_pred) * rate_next
         return tx.add_(velocity, alpha=0.5 * dt)
 
+    def torch_midpoint_step_x1():
+        return tx.add_(tv_pred - tx_pred, alpha=dt / max(1 - (t + 0.5 * dt), floor))
+
     def torch_blend():
         taccum.add_(tv * tweight)
         tsum.add_(tweight)
@@ -165,6 +172,7 @@ def kernel_cases(size: int) -> list[tuple[str, Callable, Callable, Callable | No
         "heun_correct": lambda: tx.add_(tv + tv_pred, alpha=0.5 * dt),
         "euler_step_x1": lambda: tx.add_(tv - tx, alpha=dt / max(1 - t, floor)),
         "heun_correct_x1": torch_heun_correct_x1,
+        "midpoint_step_x1": torch_midpoint_step_x1,
         "state_to_image residual": torch_image,
         "blend_tile": torch_blend,
         "normalize_blend": lambda: taccum / (tweight + 1),

@@ -218,6 +218,13 @@ void heun_correct_x1_impl(float* x, const T* x1, const float* x_pred, const T* x
   }
 }
 
+template <typename T>
+void midpoint_step_x1_impl(float* x, const float* x_mid, const T* x1_mid, int64_t n,
+                           float scale) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMinElements)
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] + scale * (to_float(x1_mid[i]) - x_mid[i]);
+}
+
 // ---------------------------------------------------------------------------------
 // Output
 
@@ -440,6 +447,15 @@ void heun_correct_x1(float* x, const void* x1, const float* x_pred, const void* 
   } else {
     heun_correct_x1_impl(x, static_cast<const float*>(x1), x_pred,
                          static_cast<const float*>(x1_pred), n, half_dt, rate, rate_next);
+  }
+}
+
+void midpoint_step_x1(float* x, const float* x_mid, const void* x1_mid, DType net_type,
+                      int64_t n, float scale) {
+  if (net_type == DType::kFloat16) {
+    midpoint_step_x1_impl(x, x_mid, static_cast<const Half*>(x1_mid), n, scale);
+  } else {
+    midpoint_step_x1_impl(x, x_mid, static_cast<const float*>(x1_mid), n, scale);
   }
 }
 

@@ -34,8 +34,9 @@ void upsample(const void* lr, DType lr_type, int64_t batch, int64_t in_h, int64_
               int64_t channels, const ResampleTable& rows, const ResampleTable& cols,
               void* out, DType out_type);
 
-// ODE state updates over n elements. The state x is float32; the network outputs
-// (v, v_pred, x1, x1_pred) are float32 or float16, given by net_type.
+// ODE state updates over n elements. The states (x, x_pred, x_mid) are float32. The
+// network outputs (v, v_pred, x1, x1_pred, x1_mid) are float32 or float16, as given by
+// net_type.
 void euler_step(float* x, const void* v, DType net_type, int64_t n, float dt);
 void heun_predict(const float* x, const void* v, DType net_type, float* x_pred,
                   int64_t n, float dt);
@@ -46,6 +47,10 @@ void heun_predict_x1(const float* x, const void* x1, DType net_type, float* x_pr
                      int64_t n, float scale);
 void heun_correct_x1(float* x, const void* x1, const float* x_pred, const void* x1_pred,
                      DType net_type, int64_t n, float half_dt, float rate, float rate_next);
+// The midpoint method's full step from the x1 prediction x1_mid made at x_mid:
+// x += scale * (x1_mid - x_mid).
+void midpoint_step_x1(float* x, const float* x_mid, const void* x1_mid, DType net_type,
+                      int64_t n, float scale);
 
 // Maps the state x, planar [batch, channels, height, width] float32 in network units,
 // to an interleaved [batch, height, width, channels] uint8 or uint16 image. With

@@ -280,6 +280,21 @@ void heun_correct_x1(py::array x, py::array x1_hat, py::array x_pred, py::array 
                              half_dt, rate, rate_next);
 }
 
+void midpoint_step_x1(py::array x, py::array x_mid, py::array x1_hat_mid, double t,
+                      double dt, double floor) {
+  require_floor(floor);
+  require_state(x, "x", true);
+  require_state(x_mid, "x_mid", false);
+  require_same_shape(x_mid, "x_mid", x, "x");
+  const DType net_type = require_network_output(x1_hat_mid, "x1_hat_mid", x);
+  auto* x_data = static_cast<float*>(x.mutable_data());
+  const auto* mid_data = static_cast<const float*>(x_mid.data());
+  const void* x1_mid_data = x1_hat_mid.data();
+  const float scale = fmsr::midpoint_step_scale(t, dt, floor);
+  py::gil_scoped_release release;
+  fmsr::cpu::midpoint_step_x1(x_data, mid_data, x1_mid_data, net_type, x.size(), scale);
+}
+
 void state_to_image(py::array x, std::optional<py::array> upsample, double residual_scale,
                     py::array out) {
   require_state(x, "x", false);
@@ -434,6 +449,10 @@ PYBIND11_MODULE(_ext, m) {
         py::arg("floor"),
         "x += 0.5 * dt * (v + v_pred) in place, v from (x, x1_hat) at t and v_pred from "
         "(x_pred, x1_hat_pred) at t + dt.");
+  m.def("midpoint_step_x1", &midpoint_step_x1, py::arg("x"), py::arg("x_mid"),
+        py::arg("x1_hat_mid"), py::arg("t"), py::arg("dt"), py::arg("floor"),
+        "x += dt * v_mid in place with v_mid = (x1_hat_mid - x_mid) / max(1 - t_mid, "
+        "floor) at the midpoint t_mid = t + dt / 2.");
   m.def("state_to_image", &state_to_image, py::arg("x"), py::arg("upsample"),
         py::arg("residual_scale"), py::arg("out"),
         "Write the state x [N, C, H, W] (plus upsample, if given, as upsample + x / "

@@ -157,6 +157,12 @@ __global__ void heun_correct_x1_kernel(float* x, const T* x1, const float* x_pre
   }
 }
 
+template <typename T>
+__global__ void midpoint_step_x1_kernel(float* x, const float* x_mid, const T* x1_mid,
+                                        int64_t n, float scale) {
+  FMSR_ELEMENTWISE_LOOP(i, n) { x[i] = x[i] + scale * (to_float(x1_mid[i]) - x_mid[i]); }
+}
+
 #undef FMSR_ELEMENTWISE_LOOP
 
 template <bool kResidual, typename U, typename Pixel>
@@ -377,6 +383,20 @@ int heun_correct_x1(float* x, const void* x1, const float* x_pred, const void* x
     heun_correct_x1_kernel<<<grid, kThreads, 0, as_stream(stream)>>>(
         x, static_cast<const float*>(x1), x_pred, static_cast<const float*>(x1_pred), n,
         half_dt, rate, rate_next);
+  }
+  return launch_status();
+}
+
+int midpoint_step_x1(float* x, const float* x_mid, const void* x1_mid, DType net_type,
+                     int64_t n, float scale, void* stream) {
+  if (n == 0) return 0;
+  const dim3 grid = elementwise_grid(n);
+  if (net_type == DType::kFloat16) {
+    midpoint_step_x1_kernel<<<grid, kThreads, 0, as_stream(stream)>>>(
+        x, x_mid, static_cast<const __half*>(x1_mid), n, scale);
+  } else {
+    midpoint_step_x1_kernel<<<grid, kThreads, 0, as_stream(stream)>>>(
+        x, x_mid, static_cast<const float*>(x1_mid), n, scale);
   }
   return launch_status();
 }

@@ -43,6 +43,8 @@ int heun_predict_x1(const float* x, const void* x1, DType net_type, float* x_pre
 int heun_correct_x1(float* x, const void* x1, const float* x_pred, const void* x1_pred,
                     DType net_type, int64_t n, float half_dt, float rate, float rate_next,
                     void* stream);
+int midpoint_step_x1(float* x, const float* x_mid, const void* x1_mid, DType net_type,
+                     int64_t n, float scale, void* stream);
 
 int state_to_image(const float* x, const void* upsample, DType upsample_type,
                    int64_t batch, int64_t channels, int64_t height, int64_t width,

@@ -213,6 +213,20 @@ void heun_correct_x1(std::uintptr_t x, std::uintptr_t x1_hat, std::uintptr_t x_p
         "heun_correct_x1");
 }
 
+void midpoint_step_x1(std::uintptr_t x, std::uintptr_t x_mid, std::uintptr_t x1_hat_mid,
+                      const std::string& x1_dtype, int64_t n, double t, double dt,
+                      double floor, std::uintptr_t stream) {
+  require_non_negative(n, "n");
+  require_floor(floor);
+  check(fmsr::cuda::midpoint_step_x1(device_pointer<float>(x, "x"),
+                                     device_pointer<const float>(x_mid, "x_mid"),
+                                     device_pointer<const void>(x1_hat_mid, "x1_hat_mid"),
+                                     parse_network_dtype(x1_dtype, "x1_dtype"), n,
+                                     fmsr::midpoint_step_scale(t, dt, floor),
+                                     stream_handle(stream)),
+        "midpoint_step_x1");
+}
+
 void state_to_image(std::uintptr_t x, std::uintptr_t upsample,
                     const std::string& upsample_dtype, int64_t batch, int64_t channels,
                     int64_t height, int64_t width, double residual_scale,
@@ -324,6 +338,11 @@ PYBIND11_MODULE(_ext_cuda, m) {
         py::arg("t"), py::arg("dt"), py::arg("floor"), py::arg("stream"), release,
         "x += 0.5 * dt * (v + v_pred), v from (x, x1_hat) at t and v_pred from "
         "(x_pred, x1_hat_pred) at t + dt.");
+  m.def("midpoint_step_x1", &midpoint_step_x1, py::arg("x"), py::arg("x_mid"),
+        py::arg("x1_hat_mid"), py::arg("x1_dtype"), py::arg("n"), py::arg("t"),
+        py::arg("dt"), py::arg("floor"), py::arg("stream"), release,
+        "x += dt * v_mid with v_mid = (x1_hat_mid - x_mid) / max(1 - t_mid, floor) at "
+        "the midpoint t_mid = t + dt / 2.");
   m.def("state_to_image", &state_to_image, py::arg("x"), py::arg("upsample"),
         py::arg("upsample_dtype"), py::arg("batch"), py::arg("channels"),
         py::arg("height"), py::arg("width"), py::arg("residual_scale"), py::arg("out"),

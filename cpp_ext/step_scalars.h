@@ -21,4 +21,10 @@ inline float x1_step_scale(double t, double dt, double floor) {
   return static_cast<float>(dt / std::max(1.0 - t, floor));
 }
 
+// dt / max(1 - t_mid, floor) with t_mid = t + 0.5 * dt: the midpoint method's full step
+// from the x1 prediction at its midpoint, x += scale * (x1_mid - x_mid).
+inline float midpoint_step_scale(double t, double dt, double floor) {
+  return x1_step_scale(t + 0.5 * dt, dt, floor);
+}
+
 }  // namespace fmsr

@@ -7,9 +7,9 @@
    tile's conditioning from the LR and draw its noise (the crop of the image's noise
    field, as in `fmsr_infer.noise`), and set x_0 = temperature · noise.
 3. The N-step loop: network calls (TensorRT `execute_async_v3`, or ONNX Runtime CUDA
-   with IO binding) and the Euler or Heun updates of the float32 state, which never
-   leaves the device. With TensorRT, the loop of each tile shape is captured once as a
-   CUDA graph and replayed for the next batches. When capture fails, a warning is
+   with IO binding) and the Euler, Heun or midpoint updates of the float32 state, which
+   never leaves the device. With TensorRT, the loop of each tile shape is captured once
+   as a CUDA graph and replayed for the next batches. When capture fails, a warning is
    logged and that shape runs plain launches.
 4. Each tile's final state is blended into an image-sized accumulator with the
    feathered weights of `fmsr_infer.tiling`; the blend is linear, so blending the
@@ -43,11 +43,12 @@ from fmsr_infer.model_info import ModelInfo
 log = logging.getLogger(__name__)
 
 # Samplers that the CUDA update kernels implement.
-GPU_SAMPLERS = ("euler", "heun", "heun_euler_last")
+GPU_SAMPLERS = ("euler", "heun", "heun_euler_last", "midpoint")
 # Captured graphs (and their TensorRT contexts) kept per loop; the oldest goes first.
 MAX_CACHED_SHAPES = 4
-# Bytes of the loop's tile buffers per network-input pixel, at the worst case (Heun):
-# x, x_pred, two network outputs and the conditioning, 3 float32 channels each.
+# Bytes of the loop's tile buffers per network-input pixel, at the worst case (Heun and
+# midpoint, float32 network): x, x_pred, two network outputs and the conditioning, 3
+# float32 channels each.
 LOOP_BYTES_PER_PIXEL = 5 * 3 * 4
 # Bytes of the whole-image buffers per output pixel: the full conditioning and the
 # blend accumulator (3 float32 each), the weight sum (float32) and the uint8 image.
@@ -262,7 +263,7 @@ class NetworkRunner(Protocol):
 
 
 def loop_buffer_bytes(batch: int, height: int, width: int) -> int:
-    """Return the bytes of the loop's tile buffers for a batch of tiles (Heun, float32)."""
+    """Return the bytes of the loop's tile buffers for a batch of tiles (worst case, float32)."""
     return LOOP_BYTES_PER_PIXEL * batch * height * width
 
 
@@ -326,7 +327,11 @@ class _ShapePlan:
 
 
 def call_times(time_grid: Sequence[float], sampler: str) -> list[float]:
-    """Return the t of each network call of `sampler` on `time_grid`, in call order."""
+    """Return the t of each network call of `sampler` on `time_grid`, in call order.
+
+    The midpoint's second call is at t_cur + 0.5 · (t_next - t_cur), the double that
+    `fmsr_infer.samplers.midpoint` passes to the network.
+    """
     intervals = list(itertools.pairwise(time_grid))
     times = []
     for i, (t_cur, t_next) in enumerate(intervals):
@@ -334,6 +339,8 @@ def call_times(time_grid: Sequence[float], sampler: str) -> list[float]:
         last = i == len(intervals) - 1
         if sampler == "heun" or (sampler == "heun_euler_last" and not last):
             times.append(t_next)
+        elif sampler == "midpoint":
+            times.append(t_cur + 0.5 * (t_next - t_cur))
     return times
 
 
@@ -391,7 +398,8 @@ class GpuLoop:
         elements = self.max_batch * 3 * self.tile * self.tile
         out_bytes = _itemsize(runner.output_dtype) * elements
         self.x = DeviceBuffer(4 * elements, "state x")
-        self.x_pred = DeviceBuffer(4 * elements, "Heun predictor x_pred")
+        # x_pred is Heun's predictor or the midpoint method's half step x_mid.
+        self.x_pred = DeviceBuffer(4 * elements, "predictor x_pred")
         # out0 also stores the float32 noise until the loop overwrites it.
         self.out0 = DeviceBuffer(max(out_bytes, 4 * elements), "network output")
         self.out1 = DeviceBuffer(out_bytes, "second network output")
@@ -470,6 +478,10 @@ class GpuLoop:
                     k.euler_step(self.x.ptr, self.out0.ptr, dtype, n, dt, stream)
                 continue
 
+            if sampler == "midpoint":
+                self._enqueue_midpoint(network, n, t_cur, dt)
+                continue
+
             # Heun: Euler predictor, network at (x_pred, t_next), trapezoidal corrector.
             if x1:
                 k.heun_predict_x1(
@@ -493,6 +505,36 @@ class GpuLoop:
                 )
             else:
                 k.heun_correct(self.x.ptr, self.out0.ptr, self.out1.ptr, dtype, n, dt, stream)
+
+    def _enqueue_midpoint(self, network, n: int, t_cur: float, dt: float) -> None:
+        """Enqueue the rest of a midpoint interval, after the network call at (x, t_cur).
+
+        That call's output is in out0. The half step x_mid goes into x_pred, the network
+        output at (x_mid, t_cur + dt/2) into out1, and the full step updates x.
+        """
+        k = self.kernels
+        stream = self.stream.handle
+        dtype = self.runner.output_dtype
+        x1 = self.info.prediction == "x1"
+        floor = float(self.info.t_floor)
+        half_dt = 0.5 * dt
+
+        # Half an Euler step to the midpoint: x_mid = x + (dt/2) · v(x, t_cur).
+        if x1:
+            k.heun_predict_x1(
+                self.x.ptr, self.out0.ptr, dtype, self.x_pred.ptr, n, t_cur, half_dt, floor, stream
+            )
+        else:
+            k.heun_predict(self.x.ptr, self.out0.ptr, dtype, self.x_pred.ptr, n, half_dt, stream)
+
+        # Network at the midpoint, then the full step x += dt · v(x_mid, t_cur + dt/2).
+        network(self.x_pred.ptr, self.out1.ptr)
+        if x1:
+            k.midpoint_step_x1(
+                self.x.ptr, self.x_pred.ptr, self.out1.ptr, dtype, n, t_cur, dt, floor, stream
+            )
+        else:
+            k.euler_step(self.x.ptr, self.out1.ptr, dtype, n, dt, stream)
 
     def _run_steps(self, plan: _ShapePlan, grid: tuple, sampler: str) -> None:
         """Run the loop: the first batch of a shape with plain launches, the second

@@ -409,6 +409,31 @@ def heun_correct_x1(
     return x
 
 
+def midpoint_step_x1(
+    x: np.ndarray,
+    x_mid: np.ndarray,
+    x1_hat_mid: np.ndarray,
+    t: float,
+    dt: float,
+    floor: float,
+    *,
+    backend: str | None = None,
+):
+    """Apply the midpoint method's full step from an x1 prediction in place and return x.
+
+    x += dt * v_mid with v_mid = (x1_hat_mid - x_mid) / max(1 - t_mid, floor), the
+    velocity at the midpoint t_mid = t + dt / 2 of the interval [t, t + dt]. x_mid is
+    the float32 half step, for example `heun_predict_x1(x, x1_hat, t, dt / 2, floor)`,
+    and x1_hat_mid the network's prediction there, float32 or float16.
+    """
+    floor = _check_floor(floor)
+    x = _require(x, "x", [np.float32], writeable=True)
+    x_mid = _require_like(x_mid, "x_mid", x, "x", [np.float32])
+    x1_hat_mid = _require_like(x1_hat_mid, "x1_hat_mid", x, "x", _NETWORK_DTYPES)
+    _backend(backend).midpoint_step_x1(x, x_mid, x1_hat_mid, float(t), float(dt), floor)
+    return x
+
+
 # ---------------------------------------------------------------------------------
 # Output
 
@@ -601,6 +626,11 @@ def _numpy_heun_correct_x1(x, x1_hat, x_pred, x1_hat_pred, t, dt, floor):
     x += np.float32(0.5 * dt) * (v + v_pred)
 
 
+def _numpy_midpoint_step_x1(x, x_mid, x1_hat_mid, t, dt, floor):
+    t_mid = t + 0.5 * dt
+    x += np.float32(dt / max(1.0 - t_mid, floor)) * (_as_float32(x1_hat_mid) - x_mid)
+
+
 def _numpy_state_to_image(x, upsample, residual_scale, out):
     y = x if upsample is None else _as_float32(upsample) + x / np.float32(residual_scale)
     unit = (y + np.float32(1.0)) * np.float32(0.5)
@@ -633,6 +663,7 @@ _NUMPY = types.SimpleNamespace(
     euler_step_x1=_numpy_euler_step_x1,
     heun_predict_x1=_numpy_heun_predict_x1,
     heun_correct_x1=_numpy_heun_correct_x1,
+    midpoint_step_x1=_numpy_midpoint_step_x1,
     state_to_image=_numpy_state_to_image,
     blend_tile=_numpy_blend_tile,
     normalize_blend=_numpy_normalize_blend,

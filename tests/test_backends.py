@@ -251,6 +251,25 @@ def test_loop_call_times_heun():
     assert gpu_loop.call_times([0.0, 0.5, 1.0], "euler") == [0.0, 0.5]
 
 
+def test_loop_call_times_midpoint():
+    assert gpu_loop.call_times([0.0, 0.5, 1.0], "midpoint") == [0.0, 0.25, 0.5, 0.75]
+
+
+@pytest.mark.parametrize("sampler", gpu_loop.GPU_SAMPLERS)
+def test_loop_call_times_equal_sampler_times(sampler):
+    from fmsr_infer.samplers import get_sampler, make_grid
+
+    grid = make_grid("shifted", 5, shift=3.0)
+    seen = []
+
+    def velocity(x, t):
+        seen.append(t)
+        return x
+
+    get_sampler(sampler)(velocity, np.zeros(1, np.float32), grid)
+    assert gpu_loop.call_times(grid, sampler) == seen
+
+
 @pytest.mark.parametrize(
     ("lr_h", "lr_w", "multiple"), [(5, 7, 8), (3, 3, 8), (1, 2, 16), (6, 6, 4)]
 )
@@ -508,6 +527,19 @@ def emulated_kernels(cudart: EmulatedCudart):
             )
         )
 
+    def midpoint_step_x1(x, x_mid, x1_hat_mid, x1_dtype, n, t, dt, floor, stream):
+        cudart.launch(
+            lambda: kernels.midpoint_step_x1(
+                _view(x, f32, (n,)),
+                _view(x_mid, f32, (n,)),
+                _view(x1_hat_mid, x1_dtype, (n,)),
+                t,
+                dt,
+                floor,
+                backend="numpy",
+            )
+        )
+
     def state_to_image(
         x,
         upsample,
@@ -649,8 +681,11 @@ LOOP_CASES = [
     ("x1", "residual", "euler", 48, 1.0),
     ("x1", "residual", "heun", 48, 0.0),
     ("x1", "residual", "heun_euler_last", 64, 1.0),
+    ("x1", "residual", "midpoint", 48, 1.0),
+    ("x1", "image", "midpoint", 256, 0.5),
     ("velocity", "image", "euler", 48, 1.0),
     ("velocity", "image", "heun", 64, 0.5),
+    ("velocity", "image", "midpoint", 64, 1.0),
 ]
 
 

@@ -86,6 +86,7 @@ def test_cuda_module_imports_without_torch(cuda_module_path):
         "heun_correct_x1",
         "heun_predict",
         "heun_predict_x1",
+        "midpoint_step_x1",
         "normalize_blend",
         "state_to_image",
         "upsample",
@@ -100,6 +101,8 @@ def test_cuda_module_validates_before_launch(cuda_module_path):
         "    lambda: module.euler_step(x=0, v=8, v_dtype='float32', n=4, dt=0.1, stream=0),\n"
         "    lambda: module.euler_step(x=8, v=8, v_dtype='float64', n=4, dt=0.1, stream=0),\n"
         "    lambda: module.blend_tile(8, 8, 3, 4, 4, 8, 'float32', 8, 2, 2, 3, 3, 0),\n"
+        "    lambda: module.midpoint_step_x1(8, 0, 8, 'float16', 4, 0.5, 0.1, 0.05, 0),\n"
+        "    lambda: module.midpoint_step_x1(8, 8, 8, 'float16', 4, 0.5, 0.1, 0.0, 0),\n"
         ")\n"
         "for call in calls:\n"
         "    try:\n"
@@ -113,6 +116,8 @@ def test_cuda_module_validates_before_launch(cuda_module_path):
     assert lines[0] == "ValueError: x is a null pointer"
     assert "v_dtype must be one of" in lines[1]
     assert "outside the accumulator" in lines[2]
+    assert lines[3] == "ValueError: x_mid is a null pointer"
+    assert lines[4].startswith("ValueError: floor must be positive")
 
 
 @requires_nvcc

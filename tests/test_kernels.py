@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 
@@ -195,6 +196,9 @@ def test_steps_equal_reference(shape, net_dtype):
         "heun_correct_x1": lambda b, x: kernels.heun_correct_x1(
             x, v, x_pred, v_pred, t, dt, floor, backend=b
         ),
+        "midpoint_step_x1": lambda b, x: kernels.midpoint_step_x1(
+            x, x_pred, v_pred, t, dt, floor, backend=b
+        ),
     }
     for name, step in cases.items():
         cpp = step("cpp", x.copy())
@@ -255,6 +259,155 @@ def test_x1_heun_matches_velocity_heun(backend):
     v_pred = (x1_hat_pred - x_pred) / (1 - t - dt)
     expected = x + 0.5 * dt * (v + v_pred)
     kernels.heun_correct_x1(x, x1_hat, x_pred, x1_hat_pred, t, dt, 1e-3, backend=backend)
+    np.testing.assert_allclose(x, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_extension), "numpy"])
+def test_midpoint_exact_on_linear_field(backend):
+    # v(x, t) = t is linear in t, so one midpoint step from 0 to 1 is exact: v(0.5) = 0.5.
+    x = np.zeros((1, 4, 4), np.float32)
+    x_mid = kernels.heun_predict(x, np.zeros_like(x), 0.5, backend=backend)
+    np.testing.assert_array_equal(x_mid, x)
+    kernels.euler_step(x, np.full_like(x, 0.5), 1.0, backend=backend)
+    np.testing.assert_array_equal(x, np.full_like(x, 0.5))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_extension), "numpy"])
+def test_x1_midpoint_exact_on_linear_field(backend):
+    # The same field as x1 predictions, x1_hat = x + (1 - t) * t: 0.25 at x = 0, t = 0.5.
+    x = np.zeros((1, 4, 4), np.float32)
+    x_mid = kernels.heun_predict_x1(x, np.zeros_like(x), 0.0, 0.5, 1e-3, backend=backend)
+    np.testing.assert_array_equal(x_mid, x)
+    x1_hat_mid = np.full_like(x, 0.25)
+    kernels.midpoint_step_x1(x, x_mid, x1_hat_mid, 0.0, 1.0, 1e-3, backend=backend)
+    np.testing.assert_array_equal(x, np.full_like(x, 0.5))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_extension), "numpy"])
+@pytest.mark.parametrize("net_dtype", [np.float32, np.float16])
+def test_x1_midpoint_matches_velocity_midpoint(backend, net_dtype):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    x1_hat = rng.standard_normal((3, 5, 7)).astype(net_dtype)
+    x1_hat_mid = rng.standard_normal((3, 5, 7)).astype(net_dtype)
+    t, dt, floor = 0.2, 0.3, 1e-3
+    x_mid = kernels.heun_predict_x1(x, x1_hat, t, 0.5 * dt, floor, backend=backend)
+    v = (x1_hat.astype(np.float64) - x) / (1 - t)
+    np.testing.assert_allclose(x_mid, x + 0.5 * dt * v, rtol=0, atol=1e-5)
+    v_mid = (x1_hat_mid.astype(np.float64) - x_mid) / (1 - (t + 0.5 * dt))
+    expected = x + dt * v_mid
+    kernels.midpoint_step_x1(x, x_mid, x1_hat_mid, t, dt, floor, backend=backend)
+    np.testing.assert_allclose(x, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_extension), "numpy"])
+def test_x1_midpoint_floor_at_end(backend):
+    # t_mid = 0.98 + 0.02 = 1, so the floor 0.1 divides: x += 0.04 / 0.1 * (1 - 0).
+    x = np.zeros((1, 2, 2), np.float32)
+    x1_hat_mid = np.ones((1, 2, 2), np.float16)
+    kernels.midpoint_step_x1(x, x.copy(), x1_hat_mid, 0.98, 0.04, 0.1, backend=backend)
+    np.testing.assert_allclose(x, np.full_like(x, 0.4), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_extension), "numpy"])
+def test_x1_midpoint_reads_non_contiguous_inputs(backend):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    x_mid = rng.standard_normal((3, 7, 5)).astype(np.float32).transpose(0, 2, 1)
+    x1_hat_mid = rng.standard_normal((3, 5, 14)).astype(np.float32)[:, :, ::2]
+    expected = kernels.midpoint_step_x1(
+        x.copy(),
+        np.ascontiguousarray(x_mid),
+        np.ascontiguousarray(x1_hat_mid),
+        0.3,
+        0.1,
+        0.05,
+        backend=backend,
+    )
+    got = kernels.midpoint_step_x1(x, x_mid, x1_hat_mid, 0.3, 0.1, 0.05, backend=backend)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_x1_midpoint_rejects_invalid_arguments():
+    x = np.zeros((3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="x_mid must be float32"):
+        kernels.midpoint_step_x1(x, x.astype(np.float16), x, 0.5, 0.1, 0.05)
+    with pytest.raises(ValueError, match="x_mid must have the shape of x"):
+        kernels.midpoint_step_x1(x, np.zeros((3, 4, 5), np.float32), x, 0.5, 0.1, 0.05)
+    with pytest.raises(ValueError, match="x1_hat_mid must be float32 or float16"):
+        kernels.midpoint_step_x1(x, x, np.zeros((3, 4, 4)), 0.5, 0.1, 0.05)
+    with pytest.raises(ValueError, match="x1_hat_mid must have the shape of x"):
+        kernels.midpoint_step_x1(x, x, np.zeros((3, 4), np.float32), 0.5, 0.1, 0.05)
+    with pytest.raises(ValueError, match="floor"):
+        kernels.midpoint_step_x1(x, x, x, 0.5, 0.1, 0.0)
+    with pytest.raises(ValueError, match="written in place"):
+        kernels.midpoint_step_x1(x[:, ::2], x[:, ::2], x[:, ::2], 0.5, 0.1, 0.05)
+
+
+@requires_extension
+def test_x1_midpoint_extension_validates_arguments():
+    from fmsr_infer import _ext
+
+    x = np.zeros((3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="x_mid must have the shape of x"):
+        _ext.midpoint_step_x1(x, np.zeros((3, 4, 5), np.float32), x, 0.5, 0.1, 0.05)
+    with pytest.raises(ValueError, match="x_mid must be float32"):
+        _ext.midpoint_step_x1(x, x.astype(np.float16), x, 0.5, 0.1, 0.05)
+    with pytest.raises(ValueError, match="x1_hat_mid must be float32 or float16"):
+        _ext.midpoint_step_x1(x, x, x.astype(np.uint8), 0.5, 0.1, 0.05)
+    with pytest.raises(ValueError, match="floor must be positive"):
+        _ext.midpoint_step_x1(x, x, x, 0.5, 0.1, -1.0)
+    x.setflags(write=False)
+    with pytest.raises(ValueError, match="x must be writeable"):
+        _ext.midpoint_step_x1(x, x.copy(), x.copy(), 0.5, 0.1, 0.05)
+
+
+def linear_field(x, t):
+    """A float32 velocity field linear in both the state and the time."""
+    return (np.float32(0.3) * x + np.float32(t) * np.float32(0.7)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_extension), "numpy"])
+def test_midpoint_kernels_equal_sampler(backend):
+    from fmsr_infer.samplers import make_grid, midpoint
+
+    grid = make_grid("shifted", 4, shift=3.0)
+    x0 = np.random.default_rng(10).standard_normal((3, 5, 7)).astype(np.float32)
+    expected, _ = midpoint(linear_field, x0.copy(), grid)
+
+    # The velocity case: heun_predict with dt/2 to x_mid, an Euler step with v(x_mid).
+    x = x0.copy()
+    for t_cur, t_next in itertools.pairwise(grid):
+        dt = t_next - t_cur
+        x_mid = kernels.heun_predict(x, linear_field(x, t_cur), 0.5 * dt, backend=backend)
+        kernels.euler_step(x, linear_field(x_mid, t_cur + 0.5 * dt), dt, backend=backend)
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_extension), "numpy"])
+def test_x1_midpoint_kernels_match_sampler(backend):
+    from fmsr_infer import flow
+    from fmsr_infer.samplers import make_grid, midpoint
+
+    floor = 0.05
+    grid = make_grid("uniform", 4)
+    x0 = np.random.default_rng(11).standard_normal((3, 5, 7)).astype(np.float32)
+    target = np.random.default_rng(12).uniform(-1, 1, (3, 5, 7)).astype(np.float32)
+
+    def predict_x1(x, t):
+        return (target + np.float32(0.2 * t) * x).astype(np.float32)
+
+    def velocity(x, t):
+        return flow.velocity_from_x1(predict_x1(x, t), x, np.float32(t), floor)
+
+    expected, _ = midpoint(velocity, x0.copy(), grid)
+    x = x0.copy()
+    for t_cur, t_next in itertools.pairwise(grid):
+        dt = t_next - t_cur
+        x1_hat = predict_x1(x, t_cur)
+        x_mid = kernels.heun_predict_x1(x, x1_hat, t_cur, 0.5 * dt, floor, backend=backend)
+        x1_hat_mid = predict_x1(x_mid, t_cur + 0.5 * dt)
+        kernels.midpoint_step_x1(x, x_mid, x1_hat_mid, t_cur, dt, floor, backend=backend)
     np.testing.assert_allclose(x, expected, rtol=0, atol=1e-5)
 
 
