@@ -131,6 +131,14 @@ class Config:
             raise ValueError(f"train.ema_decay is {self.train.ema_decay}; use a value in [0, 1)")
         if not 0.0 <= self.fm.zero_noise_prob <= 1.0:
             raise ValueError(f"fm.zero_noise_prob is {self.fm.zero_noise_prob}; use [0, 1]")
+        return self
+
+    def check_default_temperature(self) -> "Config":
+        """Raise ValueError when training never shows the network fm.temperature_default.
+
+        `load_config` runs this check for the configs that start training; checkpoints
+        of older configs still load through `from_dict`.
+        """
         trained = self.temperatures_trained()
         temperature = self.fm.temperature_default
         if "range" in trained:
@@ -257,4 +265,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ValueError(f"config file {path} must contain a mapping of sections")
     for assignment in overrides:
         apply_override(raw, assignment)
-    return from_dict(raw)
+    return from_dict(raw).check_default_temperature()

@@ -126,7 +126,7 @@ def test_psnr_db_values():
 
 
 def test_export_fp16_accuracy(tiny_onnx, tmp_path):
-    """The check on real photos: 8 Euler steps, fp16 within 45 dB of fp32."""
+    """The check on real photos: the model's recommended sampler, fp16 within 45 dB of fp32."""
     info = load_info(tiny_onnx)
     images = fp16.load_check_images(None, crop=32)
     out = tmp_path / "tiny_fp16.onnx"
@@ -134,8 +134,10 @@ def test_export_fp16_accuracy(tiny_onnx, tmp_path):
 
     assert path == out
     assert path.is_file()
-    assert accuracy.steps == 8
-    assert accuracy.network_calls == 8 * len(images)
+    # The tiny model recommends midpoint with 3 steps (config.yaml): 6 calls per photo.
+    assert (accuracy.sampler, accuracy.steps) == (info.sampler_default, info.steps_default)
+    assert (accuracy.sampler, accuracy.steps) == ("midpoint", 3)
+    assert accuracy.network_calls == 6 * len(images)
     assert set(accuracy.psnr_db) == set(images)
     assert accuracy.min_psnr_db >= 45.0
     assert 0.0 <= accuracy.max_abs_error < 1e-2
@@ -144,7 +146,7 @@ def test_export_fp16_accuracy(tiny_onnx, tmp_path):
     assert written["precision"] == "fp16"
     assert written["onnx_sha256"] == fp16.sha256_file(path)
     assert written["source_onnx_sha256"] == fp16.sha256_file(tiny_onnx)
-    assert written["fp16_check"]["steps"] == 8
+    assert written["fp16_check"]["steps"] == 3
     assert written["parity_max_abs_error"] == accuracy.max_abs_error
     assert load_info(path).precision == "fp16"
 

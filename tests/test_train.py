@@ -194,3 +194,12 @@ def test_config_rejects_untrained_default_temperature():
     assert load_config(None).temperatures_trained() == {"values": [0.0, 1.0]}
     with pytest.raises(ValueError, match="fm.temperature_default is 0.5"):
         load_config(None, ["fm.temperature_default=0.5"])
+
+
+def test_older_checkpoint_config_still_loads():
+    # Checkpoints written before the temperature check may pair zero_noise_prob 0 with
+    # temperature_default 0; export and resume must still read them.
+    from fmsr_train.config import from_dict
+
+    config = from_dict({"fm": {"zero_noise_prob": 0.0, "temperature_default": 0.0}})
+    assert config.temperatures_trained() == {"values": [1.0]}

@@ -231,7 +231,7 @@ def test_noise_scale_of_training_samples(photo_dir, tmp_path, monkeypatch, noise
 
     monkeypatch.setattr(train_module, "flow_loss", recording_loss)
     config = tiny_config(
-        photo_dir, tmp_path / "run", "train.max_steps=4", "data.batch_size=8",
+        photo_dir, tmp_path / "run", "train.max_steps=4", "data.batch_size=8", "data.grad_accum=1",
         "fm.zero_noise_prob=0", f"fm.noise_scale={noise_scale}", "fm.temperature_default=1",
     )
     Trainer(config).train()
