@@ -50,7 +50,8 @@ from fmsr_export.trt_build import engine_options
     type=float,
     default=45.0,
     show_default=True,
-    help="Lowest PSNR in dB between the fp32 and fp16 8-step images that the check accepts.",
+    help="Lowest PSNR in dB between the fp32 and fp16 images (the model's recommended "
+    "sampler and steps) that the check accepts.",
 )
 @engine_options
 @click.option("--quiet", is_flag=True, help="Log warnings and errors only.")

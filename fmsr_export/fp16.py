@@ -562,6 +562,7 @@ def export_fp16(
     fp32_path = Path(fp32_path)
     out_path = Path(out_path) if out_path else fp16_model_path(fp32_path)
     converted, report = convert_to_fp16(onnx.load(str(fp32_path)))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         tmp_onnx = Path(tmp) / "model_fp16.onnx"
@@ -629,7 +630,8 @@ def _command():
         type=float,
         default=DEFAULT_MIN_PSNR_DB,
         show_default=True,
-        help="Lowest PSNR in dB between the fp32 and fp16 8-step images that the check accepts.",
+        help="Lowest PSNR in dB between the fp32 and fp16 images (the model's recommended "
+        "sampler and steps) that the check accepts.",
     )
     @click.option("--quiet", is_flag=True, help="Log warnings and errors only.")
     def main(model_path, out_path, check_images, min_fp16_psnr, quiet):
