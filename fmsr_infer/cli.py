@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import signal
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from fmsr_infer.imageio import (
     write_png,
 )
 from fmsr_infer.model_info import ModelError, load_info
-from fmsr_infer.samplers import GRIDS, SAMPLERS, make_grid, network_calls
+from fmsr_infer.samplers import DEFAULT_SHIFT, GRIDS, SAMPLERS, make_grid, network_calls
 from fmsr_infer.tiling import DEFAULT_MEMORY_BUDGET_MB, DEFAULT_OVERLAP, fit_to_backend
 
 log = logging.getLogger("fmsr_infer")
@@ -519,6 +520,11 @@ def resolve_settings(info, opts: dict):
 
     grid = opts["time_grid"] or info.grid_default
     shift = opts["shift"]
+    temperature = opts["temperature"]
+    if temperature is not None and not math.isfinite(temperature):
+        raise UsageError(f"--temperature {temperature} is not a number; use a value in [0, 2]")
+    if shift is not None and not math.isfinite(shift):
+        raise UsageError(f"--shift {shift} is not a number; use a positive value such as 3")
     if shift is not None and grid != "shifted":
         raise UsageError(
             f"--shift {shift:g} applies only to the shifted time grid, not to {grid!r}; "
@@ -539,14 +545,26 @@ def resolve_settings(info, opts: dict):
     try:
         make_grid(settings.grid, settings.steps, settings.shift)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--shift: {exc}") from None
     if info.temperature_trained(settings.temperature) is False:
+        source = "--temperature" if temperature is not None else "the model's default temperature"
         log.warning(
-            "--temperature %g is outside this model's training, which saw %s; expect "
-            "noisy or broken output, or pass one of those",
-            settings.temperature, info.describe_trained_temperatures(),
+            "%s %g is outside this model's training, which saw %s; expect noisy or "
+            "broken output",
+            source, settings.temperature, info.describe_trained_temperatures(),
         )
     return settings
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def describe_grid(settings) -> str:
+    if settings.grid != "shifted":
+        return f"the {settings.grid} grid"
+    shift = DEFAULT_SHIFT if settings.shift is None else settings.shift
+    return f"the shifted grid (shift {shift:g})"
 
 
 def load_backend(name: str, model_path: Path, info, threads: int):
@@ -562,10 +580,10 @@ def report(state: RunState, plan: Plan, failures: list[str], seconds: float, set
     rate = state.output_pixels / 1e6 / max(seconds, 1e-9)
     if log.level < logging.ERROR:
         click.echo(
-            f"{state.written} images in {seconds:.1f} s ({rate:.3f} output megapixels/s), "
-            f"{settings.sampler} {settings.steps} steps on the {settings.grid} grid, "
-            f"{state.tiles} tiles, "
-            f"{state.network_calls} network calls, temperature {settings.temperature}, "
+            f"{plural(state.written, 'image')} in {seconds:.1f} s ({rate:.3f} output "
+            f"megapixels/s), {settings.sampler} {plural(settings.steps, 'step')} on "
+            f"{describe_grid(settings)}, {plural(state.tiles, 'tile')}, "
+            f"{plural(state.network_calls, 'network call')}, temperature {settings.temperature}, "
             f"{len(plan.skipped)} skipped, outputs in {out}"
         )
     if failures:

@@ -36,7 +36,7 @@ from fmsr_infer.evaluation import (
     sweep_settings,
 )
 from fmsr_infer.model_info import ModelError, ModelInfo, load_info
-from fmsr_infer.samplers import SAMPLERS
+from fmsr_infer.samplers import SAMPLERS, network_calls
 
 log = logging.getLogger("fmsr_infer")
 
@@ -364,7 +364,10 @@ def write_plot(
     ]
     handles.append(Line2D([], [], color="gray", linestyle="--", label="bicubic"))
     handles.append(
-        Line2D([], [], color="black", marker="o", label=f"frontier, at most {frontier_calls} calls")
+        Line2D(
+            [], [], color="black", marker="o",
+            label=f"frontier over all temperatures, at most {frontier_calls} calls",
+        )
     )
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
     fig.suptitle(title, y=1.0 - 0.35 / (4 * len(temperatures)))
@@ -457,6 +460,23 @@ def main(
         pairs = pairs[:max_images]
 
     settings = sweep_settings(samplers, grids, temperatures, max_calls)
+    if not settings:
+        cheapest = min(samplers, key=lambda name: network_calls(name, 1))
+        needed = network_calls(cheapest, 1)
+        click.echo(
+            f"fmsr-eval: error: no setting fits --max-calls {max_calls}: the cheapest chosen "
+            f"sampler, {cheapest}, makes {needed} network calls at 1 step; raise "
+            f"--max-calls to {needed} or add a cheaper sampler",
+            err=True,
+        )
+        sys.exit(2)
+    for temperature in temperatures:
+        if info.temperature_trained(temperature) is False:
+            log.warning(
+                "temperature %g is outside this model's training, which saw %s; its rows "
+                "show the model off its training distribution",
+                temperature, info.describe_trained_temperatures(),
+            )
     calls_per_image = sum(s.calls for s in settings)
     log.info(
         "sweeping %d settings on %d images: %d network calls per image",

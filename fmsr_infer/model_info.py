@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmsr_infer.samplers import GRIDS, SAMPLERS
+from fmsr_infer.samplers import GRIDS, SAMPLERS, make_grid
 
 METADATA_FORMAT = "fmsr-onnx-1"
 INPUT_NAMES = ("x_t", "cond", "t")
@@ -144,13 +144,21 @@ def _check_info(info: ModelInfo) -> str | None:
         return f"steps_default is {info.steps_default!r}, not a positive integer"
     if info.shift_default is not None and info.grid_default != "shifted":
         return f"shift_default is set but grid_default is {info.grid_default!r}, not 'shifted'"
+    try:
+        make_grid(info.grid_default, info.steps_default, info.shift_default)
+    except (TypeError, ValueError) as exc:
+        return f"shift_default {info.shift_default!r}: {exc}"
+    temperature = info.temperature_default
+    if not isinstance(temperature, (int, float)) or not 0.0 <= temperature <= 2.0:
+        return f"temperature_default is {temperature!r}, not a number in [0, 2]"
     trained = info.temperatures_trained
     if trained is not None:
         ok = (
             isinstance(trained, dict)
             and len(trained) == 1
             and (
-                ("range" in trained and len(trained["range"]) == 2)
+                ("range" in trained and len(trained["range"]) == 2
+                 and trained["range"][0] <= trained["range"][1])
                 or ("values" in trained and len(trained["values"]) >= 1)
             )
         )

@@ -146,10 +146,20 @@ class Config:
         else:
             seen = temperature in trained["values"]
         if not seen:
+            if "range" in trained:
+                shown = f"noise scales from {trained['range'][0]:g} to {trained['range'][1]:g}"
+            else:
+                shown = "noise scales " + ", ".join(f"{v:g}" for v in trained["values"])
+            if temperature == 0:
+                fix = "set fm.zero_noise_prob above 0"
+            elif temperature == 1:
+                fix = "set fm.zero_noise_prob below 1"
+            else:
+                fix = "set fm.noise_scale to uniform (temperatures in [0, 1])"
             raise ValueError(
                 f"fm.temperature_default is {temperature:g}, a noise scale that training "
-                f"never shows the network ({trained}); set it to one of those, or set "
-                "fm.zero_noise_prob above 0 for temperature 0, or fm.noise_scale to uniform"
+                f"never shows the network (it shows {shown}); {fix}, or set "
+                "fm.temperature_default to a scale it shows"
             )
         return self
 

@@ -139,6 +139,33 @@ def test_eval_cli_rejects_unknown_grid(pair_dirs, tiny_onnx):
     assert "unknown time grid 'cosine'" in proc.stderr
 
 
+def test_eval_cli_no_setting_within_max_calls(pair_dirs, tiny_onnx, tmp_path):
+    lr_dir, hr_dir = pair_dirs
+    out = tmp_path / "out"
+    proc = fmsr_eval(
+        str(lr_dir), "--hr", str(hr_dir), "--model", str(tiny_onnx), "-o", str(out),
+        "--samplers", "rk4,heun", "--max-calls", "1", check=False,
+    )
+    assert proc.returncode == 2
+    assert (
+        "no setting fits --max-calls 1: the cheapest chosen sampler, heun, makes 2 network "
+        "calls at 1 step; raise --max-calls to 2" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_eval_cli_warns_on_untrained_temperature(pair_dirs, tiny_onnx, tmp_path):
+    lr_dir, hr_dir = pair_dirs
+    proc = fmsr_eval(
+        str(lr_dir), "--hr", str(hr_dir), "--model", str(tiny_onnx), "-o", str(tmp_path / "o"),
+        "--samplers", "euler", "--temperatures", "0,0.5", "--max-calls", "1", "--no-plot",
+        "--max-images", "1", "--threads", "1",
+    )
+    assert "temperature 0.5 is outside this model's training" in proc.stderr
+    assert "temperature 0 is outside" not in proc.stderr
+
+
 def test_eval_cli_no_pairs(tmp_path, pair_dirs, tiny_onnx):
     lr_dir, _ = pair_dirs
     empty = tmp_path / "hr"

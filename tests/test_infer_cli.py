@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import signal
 import struct
@@ -343,7 +344,7 @@ def test_skip_existing_resumes(tiny_onnx, tmp_path):
     kept = (out / "a_x4_s1.png").stat().st_mtime_ns
     proc = infer(src, "--model", tiny_onnx, "-o", out, "--steps", "1", "--skip-existing")
     assert proc.returncode == 0, proc.stderr
-    assert "1 images in" in proc.stdout
+    assert "1 image in" in proc.stdout
     assert "(--skip-existing)" in proc.stderr
     assert (out / "a_x4_s1.png").stat().st_mtime_ns == kept
     assert (out / "b_x4_s1.png").is_file()
@@ -487,6 +488,41 @@ def test_shift_without_shifted_grid_is_usage_error(tiny_onnx, tmp_path):
     assert "--shift 2 applies only to the shifted time grid, not to 'uniform'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--temperature", "nan"], "--temperature nan is not a number; use a value in [0, 2]"),
+        (["--time-grid", "shifted", "--shift", "nan"], "--shift nan is not a number"),
+    ],
+)
+def test_nan_sampler_values_are_usage_errors(tiny_onnx, tmp_path, options, message):
+    Image.fromarray(gradient(8, 8, 3, 255)).save(tmp_path / "x.png")
+    proc = infer(tmp_path / "x.png", "--model", tiny_onnx, "-o", tmp_path / "o", *options)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_summary_names_the_shift(tiny_onnx, tmp_path):
+    Image.fromarray(gradient(8, 8, 3, 255)).save(tmp_path / "x.png")
+    proc = infer(tmp_path / "x.png", "--model", tiny_onnx, "-o", tmp_path / "o",
+                 "--steps", "1", "--sampler", "euler", "--time-grid", "shifted", "--shift", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "euler 1 step on the shifted grid (shift 0.5), 1 tile, 1 network call," in proc.stdout
+
+
+def test_untrained_default_temperature_names_its_source(tiny_onnx, tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    meta["temperature_default"] = 0.5
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    Image.fromarray(gradient(8, 8, 3, 255)).save(tmp_path / "x.png")
+    proc = infer(tmp_path / "x.png", "--model", model, "-o", tmp_path / "o", "--steps", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "the model's default temperature 0.5 is outside this model's training" in proc.stderr
 
 
 def test_untrained_temperature_warns(tiny_onnx, tmp_path):

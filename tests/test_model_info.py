@@ -61,6 +61,9 @@ def test_range_of_trained_temperatures(tmp_path):
         ({"shift_default": 2.0}, "shift_default is set but grid_default is 'uniform'"),
         ({"temperatures_trained": {"min": 0}}, "temperatures_trained is"),
         ({"target": "noise"}, "unknown target 'noise'"),
+        ({"grid_default": "shifted", "shift_default": -1.0}, "shift_default -1.0"),
+        ({"temperature_default": 5.0}, "temperature_default is 5.0, not a number in"),
+        ({"temperatures_trained": {"range": [1.0, 0.0]}}, "temperatures_trained is"),
     ],
 )
 def test_invalid_sampler_fields_rejected(tmp_path, changes, message):

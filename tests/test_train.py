@@ -192,8 +192,10 @@ def test_config_rejects_untrained_default_temperature():
     config = load_config(None, ["fm.zero_noise_prob=0", "fm.temperature_default=1"])
     assert config.temperatures_trained() == {"values": [1.0]}
     assert load_config(None).temperatures_trained() == {"values": [0.0, 1.0]}
-    with pytest.raises(ValueError, match="fm.temperature_default is 0.5"):
+    with pytest.raises(ValueError, match="fm.temperature_default is 0.5.*fm.noise_scale to uniform"):
         load_config(None, ["fm.temperature_default=0.5"])
+    with pytest.raises(ValueError, match=r"shows noise scales 0\); set fm.zero_noise_prob below 1"):
+        load_config(None, ["fm.zero_noise_prob=1", "fm.temperature_default=1"])
 
 
 def test_older_checkpoint_config_still_loads():
