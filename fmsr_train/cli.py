@@ -33,8 +33,14 @@ def main(config_path, overrides, resume, quiet):
     from fmsr_train.config import load_config
     from fmsr_train.train import Trainer, TrainingStopped
 
+    # A config that cannot be read or is invalid is a usage error (2), as in fmsr-infer;
+    # a failure during training exits 1.
     try:
         config = load_config(config_path, list(overrides))
+    except (FileNotFoundError, ValueError) as exc:
+        click.echo(f"fmsr-train: error: {exc}", err=True)
+        sys.exit(2)
+    try:
         trainer = Trainer(config)
         if resume:
             trainer.resume(resume)

@@ -216,7 +216,7 @@ def test_two_process_gloo_identical_weights(photo_dir, tmp_path):
 
 def test_train_cli_bad_config_is_clear(tmp_path):
     proc = run_cli("fmsr-train", "--set", "train.max_step=3", check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "unknown keys" in proc.stderr
     assert "Traceback" not in proc.stderr
 
