@@ -483,12 +483,7 @@ class GpuLoop:
                 continue
 
             # Heun: Euler predictor, network at (x_pred, t_next), trapezoidal corrector.
-            if x1:
-                k.heun_predict_x1(
-                    self.x.ptr, self.out0.ptr, dtype, self.x_pred.ptr, n, t_cur, dt, floor, stream
-                )
-            else:
-                k.heun_predict(self.x.ptr, self.out0.ptr, dtype, self.x_pred.ptr, n, dt, stream)
+            self._enqueue_predictor(n, t_cur, dt)
             network(self.x_pred.ptr, self.out1.ptr)
             if x1:
                 k.heun_correct_x1(
@@ -506,6 +501,19 @@ class GpuLoop:
             else:
                 k.heun_correct(self.x.ptr, self.out0.ptr, self.out1.ptr, dtype, n, dt, stream)
 
+    def _enqueue_predictor(self, n: int, t_cur: float, step: float) -> None:
+        """Enqueue the Euler predictor x_pred = x + step · v(x, t_cur) from the output in out0."""
+        k = self.kernels
+        stream = self.stream.handle
+        dtype = self.runner.output_dtype
+        if self.info.prediction == "x1":
+            floor = float(self.info.t_floor)
+            k.heun_predict_x1(
+                self.x.ptr, self.out0.ptr, dtype, self.x_pred.ptr, n, t_cur, step, floor, stream
+            )
+        else:
+            k.heun_predict(self.x.ptr, self.out0.ptr, dtype, self.x_pred.ptr, n, step, stream)
+
     def _enqueue_midpoint(self, network, n: int, t_cur: float, dt: float) -> None:
         """Enqueue the rest of a midpoint interval, after the network call at (x, t_cur).
 
@@ -517,15 +525,9 @@ class GpuLoop:
         dtype = self.runner.output_dtype
         x1 = self.info.prediction == "x1"
         floor = float(self.info.t_floor)
-        half_dt = 0.5 * dt
 
         # Half an Euler step to the midpoint: x_mid = x + (dt/2) · v(x, t_cur).
-        if x1:
-            k.heun_predict_x1(
-                self.x.ptr, self.out0.ptr, dtype, self.x_pred.ptr, n, t_cur, half_dt, floor, stream
-            )
-        else:
-            k.heun_predict(self.x.ptr, self.out0.ptr, dtype, self.x_pred.ptr, n, half_dt, stream)
+        self._enqueue_predictor(n, t_cur, 0.5 * dt)
 
         # Network at the midpoint, then the full step x += dt · v(x_mid, t_cur + dt/2).
         network(self.x_pred.ptr, self.out1.ptr)
