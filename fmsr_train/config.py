@@ -147,9 +147,9 @@ class Config:
             seen = temperature in trained["values"]
         if not seen:
             if "range" in trained:
-                shown = f"noise scales from {trained['range'][0]:g} to {trained['range'][1]:g}"
+                trained_scales = f"noise scales from {trained['range'][0]:g} to {trained['range'][1]:g}"
             else:
-                shown = "noise scales " + ", ".join(f"{v:g}" for v in trained["values"])
+                trained_scales = "noise scales " + ", ".join(f"{v:g}" for v in trained["values"])
             if temperature == 0:
                 fix = "set fm.zero_noise_prob above 0"
             elif temperature == 1:
@@ -158,7 +158,7 @@ class Config:
                 fix = "set fm.noise_scale to uniform (temperatures in [0, 1])"
             raise ValueError(
                 f"fm.temperature_default is {temperature:g}, a noise scale that training "
-                f"never shows the network (it shows {shown}); {fix}, or set "
+                f"never shows the network (it shows {trained_scales}); {fix}, or set "
                 "fm.temperature_default to a scale it shows"
             )
         return self

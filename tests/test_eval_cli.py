@@ -139,7 +139,7 @@ def test_eval_cli_rejects_unknown_grid(pair_dirs, tiny_onnx):
     assert "unknown time grid 'cosine'" in proc.stderr
 
 
-def test_eval_cli_no_setting_within_max_calls(pair_dirs, tiny_onnx, tmp_path):
+def test_eval_cli_max_calls_too_low(pair_dirs, tiny_onnx, tmp_path):
     lr_dir, hr_dir = pair_dirs
     out = tmp_path / "out"
     proc = fmsr_eval(
@@ -155,7 +155,7 @@ def test_eval_cli_no_setting_within_max_calls(pair_dirs, tiny_onnx, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_eval_cli_warns_on_untrained_temperature(pair_dirs, tiny_onnx, tmp_path):
+def test_eval_cli_untrained_temperature(pair_dirs, tiny_onnx, tmp_path):
     lr_dir, hr_dir = pair_dirs
     proc = fmsr_eval(
         str(lr_dir), "--hr", str(hr_dir), "--model", str(tiny_onnx), "-o", str(tmp_path / "o"),

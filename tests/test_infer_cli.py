@@ -481,7 +481,7 @@ def test_time_grid_option_follows_grid(tiny_onnx, tmp_path, options, settings):
     assert f"on the {settings['grid']} grid" in proc.stdout
 
 
-def test_shift_without_shifted_grid_is_usage_error(tiny_onnx, tmp_path):
+def test_shift_needs_shifted_grid(tiny_onnx, tmp_path):
     Image.fromarray(gradient(8, 8, 3, 255)).save(tmp_path / "x.png")
     proc = infer(tmp_path / "x.png", "--model", tiny_onnx, "-o", tmp_path / "o", "--shift", "2")
     assert proc.returncode == 2
@@ -497,7 +497,7 @@ def test_shift_without_shifted_grid_is_usage_error(tiny_onnx, tmp_path):
         (["--time-grid", "shifted", "--shift", "nan"], "--shift nan is not a number"),
     ],
 )
-def test_nan_sampler_values_are_usage_errors(tiny_onnx, tmp_path, options, message):
+def test_nan_values_rejected(tiny_onnx, tmp_path, options, message):
     Image.fromarray(gradient(8, 8, 3, 255)).save(tmp_path / "x.png")
     proc = infer(tmp_path / "x.png", "--model", tiny_onnx, "-o", tmp_path / "o", *options)
     assert proc.returncode == 2
@@ -513,7 +513,7 @@ def test_summary_names_the_shift(tiny_onnx, tmp_path):
     assert "euler 1 step on the shifted grid (shift 0.5), 1 tile, 1 network call," in proc.stdout
 
 
-def test_untrained_default_temperature_names_its_source(tiny_onnx, tmp_path):
+def test_untrained_default_temperature_warns(tiny_onnx, tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(tiny_onnx.read_bytes())
     meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
@@ -543,7 +543,7 @@ def test_untrained_temperature_warns(tiny_onnx, tmp_path):
         assert "outside this model's training" not in proc.stderr
 
 
-def test_bundled_model_defaults_to_midpoint_3_steps(tmp_path):
+def test_bundled_model_default_sampler(tmp_path):
     Image.fromarray(photo_arrays()["coffee"][:16, :20]).save(tmp_path / "cup.png")
     proc = infer(tmp_path / "cup.png", "-o", tmp_path / "out", "--tile", "0")
     assert proc.returncode == 0, proc.stderr

@@ -30,11 +30,12 @@ def test_bundled_model_recommends_midpoint():
     assert (info.sampler_default, info.steps_default, info.grid_default) == ("midpoint", 3, "uniform")
     assert info.temperature_default == 0.0
     assert info.temperatures_trained == {"values": [0.0, 1.0]}
-    assert info.temperature_trained(0.0) and info.temperature_trained(1.0)
+    assert info.temperature_trained(0.0)
+    assert info.temperature_trained(1.0)
     assert info.temperature_trained(0.5) is False
 
 
-def test_metadata_without_new_fields_loads_with_defaults(tmp_path):
+def test_older_metadata_loads_defaults(tmp_path):
     model = copy_with_metadata(
         tmp_path, grid_default=None, shift_default=None, temperatures_trained=None
     )
@@ -66,7 +67,7 @@ def test_range_of_trained_temperatures(tmp_path):
         ({"temperatures_trained": {"range": [1.0, 0.0]}}, "temperatures_trained is"),
     ],
 )
-def test_invalid_sampler_fields_rejected(tmp_path, changes, message):
+def test_invalid_sampler_fields(tmp_path, changes, message):
     with pytest.raises(ModelError, match=message):
         load_info(copy_with_metadata(tmp_path, **changes))
 

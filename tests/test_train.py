@@ -167,7 +167,7 @@ def test_config_parses_yaml_numbers_and_words():
         load_config(None, ["train.max_steps=many"])
 
 
-def test_config_checks_sampler_recommendation():
+def test_config_checks_sampler_defaults():
     config = load_config(None, ["fm.sampler_default_grid=shifted", "fm.sampler_default_shift=2"])
     assert (config.fm.sampler_default_grid, config.fm.sampler_default_shift) == ("shifted", 2.0)
     for overrides, message in (
@@ -182,7 +182,7 @@ def test_config_checks_sampler_recommendation():
             load_config(None, overrides)
 
 
-def test_config_rejects_untrained_default_temperature():
+def test_untrained_default_temperature_rejected():
     # Temperature 0 needs training samples that start from x_0 = 0 ...
     with pytest.raises(ValueError, match="fm.temperature_default is 0, a noise scale"):
         load_config(None, ["fm.zero_noise_prob=0"])

@@ -243,5 +243,6 @@ def test_noise_scale_of_training_samples(photo_dir, tmp_path, monkeypatch, noise
     else:
         # Scales drawn from U(0, 1): spread over the interval.
         assert scales.max() < 1.06
-        assert scales.min() < 0.3 and scales.max() > 0.7
+        assert scales.min() < 0.3
+        assert scales.max() > 0.7
         assert scales.std() > 0.15
